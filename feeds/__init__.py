@@ -1,0 +1,1 @@
+"""spampots-feeds: the pipeline from sensor batches to partner feeds and digests."""

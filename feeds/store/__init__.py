@@ -1,0 +1,9 @@
+"""The store: one SQLAlchemy schema for SQLite (the embedded default) and PostgreSQL.
+
+Tables are defined with SQLAlchemy Core on :data:`metadata`, each in the module of its subject;
+the schema is created and changed only by the Alembic migrations in ``migrations/``.
+"""
+
+from feeds.store.engine import connect, metadata, migrate, write_transaction
+
+__all__ = ["connect", "metadata", "migrate", "write_transaction"]

@@ -1,0 +1,101 @@
+"""Engines, transactions and migrations for the store."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+
+from feeds.errors import StoreError
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def connect(url: str, **engine_options: Any) -> Engine:
+    """An engine for the store at ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
+    if url.startswith("sqlite"):
+        database = sa.engine.make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60}, **engine_options)
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        sa.event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, **engine_options)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see below).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # A writer that begins deferred and upgrades its lock later can fail at once with
+    # "database is locked" instead of waiting; writers begin IMMEDIATE to queue up instead.
+    mode = "IMMEDIATE" if connection.get_execution_options().get("write") else "DEFERRED"
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: on SQLite it takes the write lock when it begins."""
+    with engine.connect().execution_options(write=True) as connection, connection.begin():
+        yield connection
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option(
+        "script_location", str(resources.files("feeds.store").joinpath("migrations"))
+    )
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Bring the schema to the newest revision; returns the revisions applied."""
+    try:
+        with engine.connect().execution_options(write=True) as connection:
+            before = set(MigrationContext.configure(connection).get_current_heads())
+            connection.commit()
+            command.upgrade(_alembic_config(connection), "heads")
+            connection.commit()
+            after = set(MigrationContext.configure(connection).get_current_heads())
+    except sa.exc.OperationalError as error:
+        raise StoreError(
+            f"cannot reach the store at {engine.url.render_as_string(hide_password=True)}: "
+            f"{error.orig}",
+            hint="check SPAMPOTS_DATABASE_URL and that the database server runs",
+        ) from None
+    return sorted(after - before)
+
+
+def is_current(engine: Engine) -> bool:
+    """Whether the store is at the newest revision of every migration branch."""
+    with engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+        heads = set(ScriptDirectory.from_config(_alembic_config(connection)).get_heads())
+    return current == heads

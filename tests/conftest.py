@@ -1,0 +1,110 @@
+"""Shared fixtures: a data folder, a store on SQLite and on the real PostgreSQL, the CLI.
+
+PostgreSQL is the one at SPAMPOTS_TEST_POSTGRES_URL (default: the machine's, 127.0.0.1:5432,
+database ``test``, user ``postgres``). Each test gets its own schema, dropped afterwards. With
+CI=true an unreachable PostgreSQL fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from feeds import cli
+from feeds.home import engine_for, init_home
+from feeds.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get(
+    "SPAMPOTS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _postgres_or_fail() -> None:
+    try:
+        with sa.create_engine(POSTGRES_URL).connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as error:
+        message = f"PostgreSQL at {POSTGRES_URL} is unreachable: {error.orig}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: the PostgreSQL tests must run)")
+        pytest.skip(message)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A store URL, once for SQLite and once for a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    _postgres_or_fail()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    try:
+        yield url
+    finally:
+        engine_for(url).dispose()
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "var"
+
+
+@pytest.fixture
+def environ(home: Path, database_url: str) -> dict[str, str]:
+    """The environment a staff member would set: data folder, store and the shipped partners."""
+    return {
+        "SPAMPOTS_HOME": str(home),
+        "SPAMPOTS_DATABASE_URL": database_url,
+        "SPAMPOTS_PARTNERS": str(REPO / "partners.yaml"),
+    }
+
+
+@pytest.fixture
+def settings(environ: dict[str, str]) -> Settings:
+    return load_settings(environ)
+
+
+@pytest.fixture
+def initialised(settings: Settings) -> Settings:
+    """Settings of a data folder and store after 'spampots init'."""
+    init_home(settings)
+    return settings
+
+
+@pytest.fixture
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], environ: dict[str, str]
+) -> Callable[..., tuple[int, str, str]]:
+    """Run the spampots command in-process with the test's environment: (exit, stdout, stderr)."""
+
+    def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        for name in [n for n in os.environ if n.startswith("SPAMPOTS_")]:
+            monkeypatch.delenv(name)
+        for name, value in {**environ, **(env or {})}.items():
+            monkeypatch.setenv(name, value)
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
