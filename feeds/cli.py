@@ -41,22 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--partners", help="partners file (overrides SPAMPOTS_PARTNERS)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    init = commands.add_parser("init", help="create the data folder, migrate the store, "
-                               "create a signing key if there is none")
+    init = commands.add_parser(
+        "init",
+        help="create the data folder, migrate the store, create a signing key if there is none",
+    )
     init.set_defaults(handler=cmd_init)
 
-    settings = commands.add_parser("settings", help="print the effective settings, secrets "
-                                   "masked")
+    settings = commands.add_parser("settings", help="print the effective settings, secrets masked")
     settings.set_defaults(handler=cmd_settings)
 
     partners = commands.add_parser("partners", help="check partners.yaml, hash passwords")
-    partner_commands = partners.add_subparsers(dest="partners_command", metavar="ACTION",
-                                               required=True)
+    partner_commands = partners.add_subparsers(
+        dest="partners_command", metavar="ACTION", required=True
+    )
     check = partner_commands.add_parser("check", help="validate the partners file")
     check.add_argument("file", nargs="?", help="file to check (default: SPAMPOTS_PARTNERS)")
     check.set_defaults(handler=cmd_partners_check)
     hasher = partner_commands.add_parser(
-        "hash-password", help="read a password (prompt or stdin), print its argon2id hash")
+        "hash-password", help="read a password (prompt or stdin), print its argon2id hash"
+    )
     hasher.set_defaults(handler=cmd_hash_password)
 
     run = commands.add_parser("run", help="set up and run the service on this machine")
@@ -92,8 +95,9 @@ def cmd_partners_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_hash_password(args: argparse.Namespace, settings: Settings,
-                      stdin: TextIO | None = None) -> int:
+def cmd_hash_password(
+    args: argparse.Namespace, settings: Settings, stdin: TextIO | None = None
+) -> int:
     source = stdin or sys.stdin
     if source.isatty():
         password = getpass.getpass("password: ")
@@ -102,8 +106,10 @@ def cmd_hash_password(args: argparse.Namespace, settings: Settings,
     else:
         password = source.readline().rstrip("\r\n")
     if len(password) < 12:
-        raise UsageError("the password is shorter than 12 characters",
-                         hint="choose a longer one, e.g. from a password manager")
+        raise UsageError(
+            "the password is shorter than 12 characters",
+            hint="choose a longer one, e.g. from a password manager",
+        )
     print(hash_password(password))
     return 0
 
@@ -120,26 +126,34 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(home=args.home, database_url=args.database_url,
-                                 partners=args.partners)
+        settings = load_settings(
+            home=args.home, database_url=args.database_url, partners=args.partners
+        )
         handler: Handler = args.handler
         return handler(args, settings)
     except SpampotsError as error:
         if args.debug:
             raise
-        print(f"spampots: error: {error}", file=sys.stderr)
+        print(f"spampots: error: {one_line(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # the last guard: a person never sees a traceback
         if args.debug:
             raise
-        print(f"spampots: internal error: {type(error).__name__}: {error}; "
-              "run again with --debug and report the traceback", file=sys.stderr)
+        print(
+            f"spampots: internal error: {type(error).__name__}: {one_line(str(error))}; "
+            "run again with --debug and report the traceback",
+            file=sys.stderr,
+        )
         return 70
 
 

@@ -36,8 +36,14 @@ class InitReport:
 
 def data_folders(settings: Settings) -> list[Path]:
     spool = Path(settings.spool)
-    return [Path(settings.home), spool / "incoming", spool / "raw", settings.raw_dir,
-            settings.outbox_dir, Path(settings.keys_dir)]
+    return [
+        Path(settings.home),
+        spool / "incoming",
+        spool / "raw",
+        settings.raw_dir,
+        settings.outbox_dir,
+        Path(settings.keys_dir),
+    ]
 
 
 def init_home(settings: Settings) -> InitReport:
@@ -65,9 +71,13 @@ def open_store(settings: Settings) -> Engine:
     try:
         current = is_current(engine)
     except Exception as error:  # the driver's own error types differ per database
-        raise StoreError(f"cannot reach the store: {error}",
-                         hint="check SPAMPOTS_DATABASE_URL and that the database runs") from None
+        raise StoreError(
+            f"cannot reach the store: {error}",
+            hint="check SPAMPOTS_DATABASE_URL and that the database runs",
+        ) from None
     if not current:
-        raise StoreError("the store is not initialised or not migrated to this version",
-                         hint="run 'spampots init'")
+        raise StoreError(
+            "the store is not initialised or not migrated to this version",
+            hint="run 'spampots init'",
+        )
     return engine

@@ -40,8 +40,9 @@ def b64url(data: bytes) -> str:
 
 def thumbprint(public_x: str) -> str:
     """RFC 7638: SHA-256 over the required members in lexicographic order, no white space."""
-    canonical = orjson.dumps({"crv": "Ed25519", "kty": "OKP", "x": public_x},
-                             option=orjson.OPT_SORT_KEYS)
+    canonical = orjson.dumps(
+        {"crv": "Ed25519", "kty": "OKP", "x": public_x}, option=orjson.OPT_SORT_KEYS
+    )
     return b64url(hashlib.sha256(canonical).digest())
 
 
@@ -53,8 +54,14 @@ class SigningKey:
     created_at: dt.datetime
 
     def jwk(self) -> dict[str, str]:
-        return {"kty": "OKP", "crv": "Ed25519", "x": self.public_x, "kid": self.kid,
-                "use": "sig", "alg": "EdDSA"}
+        return {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": self.public_x,
+            "kid": self.kid,
+            "use": "sig",
+            "alg": "EdDSA",
+        }
 
 
 def _private_path(keys_dir: Path, kid: str) -> Path:
@@ -64,14 +71,16 @@ def _private_path(keys_dir: Path, kid: str) -> Path:
 def generate_key(engine: Engine, keys_dir: Path, status: str = "active") -> SigningKey:
     """A new key pair: the private key written 0600 before its public half is recorded."""
     private = Ed25519PrivateKey.generate()
-    raw_public = private.public_key().public_bytes(serialization.Encoding.Raw,
-                                                   serialization.PublicFormat.Raw)
+    raw_public = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
     public_x = b64url(raw_public)
     kid = thumbprint(public_x)
     keys_dir.mkdir(parents=True, exist_ok=True)
     keys_dir.chmod(0o700)
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     descriptor = os.open(_private_path(keys_dir, kid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(pem)
@@ -79,16 +88,26 @@ def generate_key(engine: Engine, keys_dir: Path, status: str = "active") -> Sign
         os.fsync(handle.fileno())
     now = dt.datetime.now(dt.UTC)
     with write_transaction(engine) as connection:
-        connection.execute(signing_keys.insert().values(
-            kid=kid, public_x=public_x, status=status, created_at=now,
-            activated_at=now if status == "active" else None))
+        connection.execute(
+            signing_keys.insert().values(
+                kid=kid,
+                public_x=public_x,
+                status=status,
+                created_at=now,
+                activated_at=now if status == "active" else None,
+            )
+        )
     return SigningKey(kid, public_x, status, now)
 
 
 def list_keys(connection: Connection) -> list[SigningKey]:
     rows = connection.execute(
-        sa.select(signing_keys.c.kid, signing_keys.c.public_x, signing_keys.c.status,
-                  signing_keys.c.created_at).order_by(signing_keys.c.created_at)
+        sa.select(
+            signing_keys.c.kid,
+            signing_keys.c.public_x,
+            signing_keys.c.status,
+            signing_keys.c.created_at,
+        ).order_by(signing_keys.c.created_at)
     )
     return [SigningKey(*row) for row in rows]
 
@@ -117,15 +136,19 @@ def load_private_key(keys_dir: Path, kid: str) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
-        raise SigningKeyError(f"no private key file for {kid} in {keys_dir}",
-                              hint="restore it from backup into SPAMPOTS_KEYS_DIR",
-                              kid=kid) from None
+        raise SigningKeyError(
+            f"no private key file for {kid} in {keys_dir}",
+            hint="restore it from backup into SPAMPOTS_KEYS_DIR",
+            kid=kid,
+        ) from None
     except ValueError:
-        raise SigningKeyError(f"{path} is not a PEM Ed25519 private key",
-                              hint="restore the file from backup", kid=kid) from None
+        raise SigningKeyError(
+            f"{path} is not a PEM Ed25519 private key", hint="restore the file from backup", kid=kid
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise SigningKeyError(f"{path} is not an Ed25519 key",
-                              hint="restore the file from backup", kid=kid)
+        raise SigningKeyError(
+            f"{path} is not an Ed25519 key", hint="restore the file from backup", kid=kid
+        )
     return key
 
 

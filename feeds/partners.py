@@ -178,6 +178,10 @@ def collection_for(partner: Partner, feed: str) -> Collection:
     )
 
 
+def _tag(node: Node) -> str:
+    return str(node.tag or "")
+
+
 class _Checker:
     """Walks the YAML node tree, converting values and collecting :class:`Problem`s."""
 
@@ -192,8 +196,11 @@ class _Checker:
         self, node: Node, where: str, required: Iterable[str], optional: Iterable[str]
     ) -> dict[str, Node] | None:
         if not isinstance(node, MappingNode):
-            self.problem(node, f"{where} must be a mapping of keys to values",
-                         "write it as 'key: value' lines")
+            self.problem(
+                node,
+                f"{where} must be a mapping of keys to values",
+                "write it as 'key: value' lines",
+            )
             return None
         required, optional = list(required), list(optional)
         known = required + optional
@@ -201,8 +208,7 @@ class _Checker:
         for key_node, value_node in node.value:
             key = str(key_node.value)
             if key in found:
-                self.problem(key_node, f"duplicate key '{key}' in {where}",
-                             "keep one of them")
+                self.problem(key_node, f"duplicate key '{key}' in {where}", "keep one of them")
             elif key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(known)}"
@@ -214,9 +220,10 @@ class _Checker:
                 self.problem(node, f"{where} has no '{key}'", f"add '{key}:'")
         return found
 
-    def text(self, node: Node, where: str, pattern: re.Pattern[str] | None = None,
-             todo: str = "") -> str | None:
-        if not isinstance(node, ScalarNode) or node.tag.endswith(":null") or node.value == "":
+    def text(
+        self, node: Node, where: str, pattern: re.Pattern[str] | None = None, todo: str = ""
+    ) -> str | None:
+        if not isinstance(node, ScalarNode) or _tag(node).endswith(":null") or node.value == "":
             self.problem(node, f"{where} must be a non-empty text", todo or "give a value")
             return None
         value = str(node.value)
@@ -228,29 +235,39 @@ class _Checker:
     def choice(self, node: Node, where: str, options: tuple[str, ...]) -> str | None:
         value = self.text(node, where)
         if value is not None and value.lower() not in options:
-            self.problem(node, f"{where} '{value}' is not allowed",
-                         f"use one of {', '.join(options)}")
+            self.problem(
+                node, f"{where} '{value}' is not allowed", f"use one of {', '.join(options)}"
+            )
             return None
         return value.lower() if value is not None else None
 
     def integer(self, node: Node, where: str, low: int, high: int, todo: str) -> int | None:
         value = node.value if isinstance(node, ScalarNode) else None
-        if value is None or not node.tag.endswith(":int") or not low <= int(value, 0) <= high:
-            self.problem(node, f"{where} '{value}' is not a whole number from {low} to {high}",
-                         todo)
+        if value is None or not _tag(node).endswith(":int") or not low <= int(value, 0) <= high:
+            self.problem(
+                node, f"{where} '{value}' is not a whole number from {low} to {high}", todo
+            )
             return None
         return int(value, 0)
 
     def boolean(self, node: Node, where: str) -> bool | None:
-        if isinstance(node, ScalarNode) and node.tag.endswith(":bool"):
+        if isinstance(node, ScalarNode) and _tag(node).endswith(":bool"):
             return str(node.value).lower() in {"true", "yes", "on"}
-        self.problem(node, f"{where} '{getattr(node, 'value', '')}' is not true or false",
-                     "write true or false")
+        self.problem(
+            node,
+            f"{where} '{getattr(node, 'value', '')}' is not true or false",
+            "write true or false",
+        )
         return None
 
-    def sequence(self, node: Node, where: str, item: Callable[[Node, str], T | None],
-                 allow_empty: bool = True) -> tuple[T, ...]:
-        if isinstance(node, ScalarNode) and node.tag.endswith(":null") and allow_empty:
+    def sequence(
+        self,
+        node: Node,
+        where: str,
+        item: Callable[[Node, str], T | None],
+        allow_empty: bool = True,
+    ) -> tuple[T, ...]:
+        if isinstance(node, ScalarNode) and _tag(node).endswith(":null") and allow_empty:
             return ()
         if not isinstance(node, SequenceNode):
             self.problem(node, f"{where} must be a list", "write it as [a, b] or '- a' lines")
@@ -265,8 +282,9 @@ class _Checker:
         return tuple(values)
 
     def unique_choices(self, node: Node, where: str, options: tuple[str, ...]) -> tuple[str, ...]:
-        values = self.sequence(node, where, lambda n, w: self.choice(n, w, options),
-                               allow_empty=False)
+        values = self.sequence(
+            node, where, lambda n, w: self.choice(n, w, options), allow_empty=False
+        )
         return tuple(dict.fromkeys(values))
 
     def address(self, node: Node, where: str) -> str | None:
@@ -276,8 +294,11 @@ class _Checker:
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
-            self.problem(node, f"{where} '{value}' is not an IP address",
-                         "write an IPv4 or IPv6 address such as 192.0.2.10")
+            self.problem(
+                node,
+                f"{where} '{value}' is not an IP address",
+                "write an IPv4 or IPv6 address such as 192.0.2.10",
+            )
             return None
 
     def prefix(self, node: Node, where: str) -> IPNetwork | None:
@@ -287,8 +308,11 @@ class _Checker:
         try:
             return ipaddress.ip_network(value, strict=True)
         except ValueError as error:
-            self.problem(node, f"{where} '{value}' is not a CIDR prefix ({error})",
-                         "write a network such as 198.51.100.0/24 with no host bits set")
+            self.problem(
+                node,
+                f"{where} '{value}' is not a CIDR prefix ({error})",
+                "write a network such as 198.51.100.0/24 with no host bits set",
+            )
             return None
 
 
@@ -298,8 +322,11 @@ def _duration(checker: _Checker, node: Node, where: str) -> dt.timedelta | None:
     if value is None:
         return None
     if not match:
-        checker.problem(node, f"{where} '{value}' is not a duration",
-                        "write a number and a unit, such as 30m, 1h or 1d")
+        checker.problem(
+            node,
+            f"{where} '{value}' is not a duration",
+            "write a number and a unit, such as 30m, 1h or 1d",
+        )
         return None
     delta = dt.timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
     if delta < dt.timedelta(minutes=1):
@@ -313,26 +340,43 @@ def _account(checker: _Checker, node: Node, where: str, grants_allowed: bool) ->
     fields = checker.mapping(node, where, ["username"], ["password_hash", "password", *keys])
     if fields is None:
         return None
-    username = checker.text(fields["username"], f"{where}.username", _USERNAME,
-                            "use letters, digits, '.', '_' or '-'") if "username" in fields else None
+    username = (
+        checker.text(
+            fields["username"],
+            f"{where}.username",
+            _USERNAME,
+            "use letters, digits, '.', '_' or '-'",
+        )
+        if "username" in fields
+        else None
+    )
     if "password" in fields:
-        checker.problem(fields["password"], f"plaintext password in {where}.password",
-                        "replace it with password_hash: the output of "
-                        "'spampots partners hash-password'")
+        checker.problem(
+            fields["password"],
+            f"plaintext password in {where}.password",
+            "replace it with password_hash: the output of 'spampots partners hash-password'",
+        )
     password_hash = None
     if "password_hash" in fields:
         password_hash = checker.text(fields["password_hash"], f"{where}.password_hash")
         if password_hash is not None and not password_hash.startswith("$argon2id$"):
-            checker.problem(fields["password_hash"], f"{where}.password_hash is not an argon2id hash",
-                            "paste the output of 'spampots partners hash-password'")
+            checker.problem(
+                fields["password_hash"],
+                f"{where}.password_hash is not an argon2id hash",
+                "paste the output of 'spampots partners hash-password'",
+            )
             password_hash = None
     elif "password" not in fields:
-        checker.problem(node, f"{where} has no 'password_hash'",
-                        "add password_hash: the output of 'spampots partners hash-password'")
+        checker.problem(
+            node,
+            f"{where} has no 'password_hash'",
+            "add password_hash: the output of 'spampots partners hash-password'",
+        )
     grants: tuple[str, ...] = ()
     if "grants" in fields:
-        grants = checker.sequence(fields["grants"], f"{where}.grants",
-                                  lambda n, w: checker.text(n, w))
+        grants = checker.sequence(
+            fields["grants"], f"{where}.grants", lambda n, w: checker.text(n, w)
+        )
     if username is None or password_hash is None:
         return None
     return Account(username, password_hash, grants)
@@ -342,17 +386,31 @@ def _networks(checker: _Checker, node: Node, where: str) -> Networks:
     fields = checker.mapping(node, where, [], ["asns", "prefixes", "domains"])
     if not fields:
         return Networks()
-    asns = checker.sequence(
-        fields["asns"], f"{where}.asns",
-        lambda n, w: checker.integer(n, w, 1, 4_294_967_295, "write an AS number such as 3462"),
-    ) if "asns" in fields else ()
-    prefixes = checker.sequence(fields["prefixes"], f"{where}.prefixes",
-                                checker.prefix) if "prefixes" in fields else ()
-    domains = checker.sequence(
-        fields["domains"], f"{where}.domains",
-        lambda n, w: _lower(checker.text(n, w, _DOMAIN_ANY_CASE,
-                                         "write a domain such as tw or example.com.tw")),
-    ) if "domains" in fields else ()
+    asns = (
+        checker.sequence(
+            fields["asns"],
+            f"{where}.asns",
+            lambda n, w: checker.integer(n, w, 1, 4_294_967_295, "write an AS number such as 3462"),
+        )
+        if "asns" in fields
+        else ()
+    )
+    prefixes: tuple[IPNetwork, ...] = (
+        checker.sequence(fields["prefixes"], f"{where}.prefixes", checker.prefix)
+        if "prefixes" in fields
+        else ()
+    )
+    domains = (
+        checker.sequence(
+            fields["domains"],
+            f"{where}.domains",
+            lambda n, w: _lower(
+                checker.text(n, w, _DOMAIN_ANY_CASE, "write a domain such as tw or example.com.tw")
+            ),
+        )
+        if "domains" in fields
+        else ()
+    )
     return Networks(asns, prefixes, domains)
 
 
@@ -367,11 +425,18 @@ def _digest(checker: _Checker, node: Node, where: str) -> DigestSchedule | None:
     fields = checker.mapping(node, where, ["to"], ["weekday", "time", "timezone"])
     if fields is None:
         return None
-    to = checker.sequence(
-        fields["to"], f"{where}.to",
-        lambda n, w: checker.text(n, w, _EMAIL, "write an e-mail address such as cert@example.org"),
-        allow_empty=False,
-    ) if "to" in fields else ()
+    to = (
+        checker.sequence(
+            fields["to"],
+            f"{where}.to",
+            lambda n, w: checker.text(
+                n, w, _EMAIL, "write an e-mail address such as cert@example.org"
+            ),
+            allow_empty=False,
+        )
+        if "to" in fields
+        else ()
+    )
     weekday = 0
     if "weekday" in fields:
         day = checker.choice(fields["weekday"], f"{where}.weekday", WEEKDAYS)
@@ -385,8 +450,11 @@ def _digest(checker: _Checker, node: Node, where: str) -> DigestSchedule | None:
                 raise ValueError
         except ValueError:
             if text is not None:
-                checker.problem(fields["time"], f"{where}.time '{text}' is not a time of day",
-                                "write HH:MM in 24-hour form, quoted, such as \"09:00\"")
+                checker.problem(
+                    fields["time"],
+                    f"{where}.time '{text}' is not a time of day",
+                    'write HH:MM in 24-hour form, quoted, such as "09:00"',
+                )
     timezone = "UTC"
     if "timezone" in fields:
         name = checker.text(fields["timezone"], f"{where}.timezone")
@@ -395,21 +463,35 @@ def _digest(checker: _Checker, node: Node, where: str) -> DigestSchedule | None:
             timezone = name or "UTC"
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             if name is not None:
-                checker.problem(fields["timezone"], f"{where}.timezone '{name}' is not a time zone",
-                                "use an IANA name such as Asia/Taipei or UTC")
+                checker.problem(
+                    fields["timezone"],
+                    f"{where}.timezone '{name}' is not a time zone",
+                    "use an IANA name such as Asia/Taipei or UTC",
+                )
     return DigestSchedule(to, weekday, at, timezone) if to else None
 
 
 PARTNER_KEYS_REQUIRED = ("name", "economy")
-PARTNER_KEYS_OPTIONAL = ("networks", "feeds", "share", "tlp", "digest", "taxii", "publish",
-                         "keep_own_recipients")
+PARTNER_KEYS_OPTIONAL = (
+    "networks",
+    "feeds",
+    "share",
+    "tlp",
+    "digest",
+    "taxii",
+    "publish",
+    "keep_own_recipients",
+)
 
 
 def _partner(checker: _Checker, partner_id: str, key: Node, node: Node) -> Partner | None:
     where = f"partner '{partner_id}'"
     if not _PARTNER_ID.match(partner_id):
-        checker.problem(key, f"partner id '{partner_id}' is not valid",
-                        "use lowercase letters, digits and '_' (it names collections)")
+        checker.problem(
+            key,
+            f"partner id '{partner_id}' is not valid",
+            "use lowercase letters, digits and '_' (it names collections)",
+        )
     fields = checker.mapping(node, where, PARTNER_KEYS_REQUIRED, PARTNER_KEYS_OPTIONAL)
     if fields is None:
         return None
@@ -418,37 +500,78 @@ def _partner(checker: _Checker, partner_id: str, key: Node, node: Node) -> Partn
     if "economy" in fields:
         economy = checker.text(fields["economy"], f"{where}.economy")
         if economy is not None and economy.upper() not in ECONOMY_CODES:
-            checker.problem(fields["economy"], f"{where}.economy '{economy}' is not an ISO "
-                            "3166-1 alpha-2 code", "use two letters such as TW, JP or AU")
+            checker.problem(
+                fields["economy"],
+                f"{where}.economy '{economy}' is not an ISO 3166-1 alpha-2 code",
+                "use two letters such as TW, JP or AU",
+            )
             economy = None
-    networks = _networks(checker, fields["networks"], f"{where}.networks") \
-        if "networks" in fields else Networks()
-    feeds = checker.unique_choices(fields["feeds"], f"{where}.feeds", FEEDS) \
-        if "feeds" in fields else FEEDS
-    share = checker.unique_choices(fields["share"], f"{where}.share", SHARES) \
-        if "share" in fields else ("ips", "urls")
+    networks = (
+        _networks(checker, fields["networks"], f"{where}.networks")
+        if "networks" in fields
+        else Networks()
+    )
+    problems_before = len(checker.problems)
+    feeds = (
+        checker.unique_choices(fields["feeds"], f"{where}.feeds", FEEDS)
+        if "feeds" in fields
+        else FEEDS
+    )
+    feeds_ok = len(checker.problems) == problems_before
+    share = (
+        checker.unique_choices(fields["share"], f"{where}.share", SHARES)
+        if "share" in fields
+        else ("ips", "urls")
+    )
     tlp = checker.choice(fields["tlp"], f"{where}.tlp", TLP_LEVELS) if "tlp" in fields else "amber"
     digest = _digest(checker, fields["digest"], f"{where}.digest") if "digest" in fields else None
-    taxii = _account(checker, fields["taxii"], f"{where}.taxii", grants_allowed=True) \
-        if "taxii" in fields else None
-    publish_every = _duration(checker, fields["publish"], f"{where}.publish") \
-        if "publish" in fields else DEFAULT_PUBLISH_EVERY
-    keep_own = checker.boolean(fields["keep_own_recipients"], f"{where}.keep_own_recipients") \
-        if "keep_own_recipients" in fields else False
-    if name is None or economy is None or tlp is None or publish_every is None:
+    taxii = (
+        _account(checker, fields["taxii"], f"{where}.taxii", grants_allowed=True)
+        if "taxii" in fields
+        else None
+    )
+    publish_every = (
+        _duration(checker, fields["publish"], f"{where}.publish")
+        if "publish" in fields
+        else DEFAULT_PUBLISH_EVERY
+    )
+    keep_own = (
+        checker.boolean(fields["keep_own_recipients"], f"{where}.keep_own_recipients")
+        if "keep_own_recipients" in fields
+        else False
+    )
+    if name is None or economy is None or tlp is None or publish_every is None or not feeds_ok:
         return None
-    return Partner(partner_id, name, economy.upper(), networks, feeds, share, tlp, digest, taxii,
-                   publish_every, bool(keep_own))
+    return Partner(
+        partner_id,
+        name,
+        economy.upper(),
+        networks,
+        feeds,
+        share,
+        tlp,
+        digest,
+        taxii,
+        publish_every,
+        bool(keep_own),
+    )
 
 
 def _sensor(checker: _Checker, sensor_id: str, node: Node) -> Sensor:
     where = f"sensor '{sensor_id}'"
     fields = checker.mapping(node, where, [], ["addresses", "hostnames"]) or {}
-    addresses = checker.sequence(fields["addresses"], f"{where}.addresses", checker.address) \
-        if "addresses" in fields else ()
-    hostnames = checker.sequence(fields["hostnames"], f"{where}.hostnames",
-                                 lambda n, w: _lower(checker.text(n, w))) \
-        if "hostnames" in fields else ()
+    addresses = (
+        checker.sequence(fields["addresses"], f"{where}.addresses", checker.address)
+        if "addresses" in fields
+        else ()
+    )
+    hostnames = (
+        checker.sequence(
+            fields["hostnames"], f"{where}.hostnames", lambda n, w: _lower(checker.text(n, w))
+        )
+        if "hostnames" in fields
+        else ()
+    )
     return Sensor(sensor_id, addresses, hostnames)
 
 
@@ -461,13 +584,25 @@ def parse_partners(text: str, path: str) -> tuple[PartnersConfig | None, list[Pr
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else 1
         what = (error.problem or error.context or "not valid YAML").strip()
-        return None, [Problem(path, line, f"invalid YAML: {what}",
-                              "fix the indentation, quoting or brackets near this line")]
+        return None, [
+            Problem(
+                path,
+                line,
+                f"invalid YAML: {what}",
+                "fix the indentation, quoting or brackets near this line",
+            )
+        ]
     except YAMLError as error:
         return None, [Problem(path, 1, f"invalid YAML: {error}", "fix the file's syntax")]
     if root is None:
-        return None, [Problem(path, 1, "the file is empty",
-                              "start from the partners.yaml shipped with spampots-feeds")]
+        return None, [
+            Problem(
+                path,
+                1,
+                "the file is empty",
+                "start from the partners.yaml shipped with spampots-feeds",
+            )
+        ]
     top = checker.mapping(root, "the file", ["producer", "partners"], ["sensors", "publisher"])
     if top is None:
         return None, checker.problems
@@ -476,17 +611,25 @@ def parse_partners(text: str, path: str) -> tuple[PartnersConfig | None, list[Pr
         fields = checker.mapping(top["producer"], "producer", ["name", "contact"], [])
         if fields and "name" in fields and "contact" in fields:
             name = checker.text(fields["name"], "producer.name")
-            contact = checker.text(fields["contact"], "producer.contact", _EMAIL,
-                                   "write an e-mail address such as cert@example.org")
+            contact = checker.text(
+                fields["contact"],
+                "producer.contact",
+                _EMAIL,
+                "write an e-mail address such as cert@example.org",
+            )
             if name and contact:
                 producer = Producer(name, contact)
     sensors: dict[str, Sensor] = {}
-    if "sensors" in top and not (isinstance(top["sensors"], ScalarNode)
-                                 and top["sensors"].tag.endswith(":null")):
+    if "sensors" in top and not (
+        isinstance(top["sensors"], ScalarNode) and _tag(top["sensors"]).endswith(":null")
+    ):
         for key, _, node in _entries(checker, top["sensors"], "sensors"):
             sensors[key] = _sensor(checker, key, node)
-    publisher = _account(checker, top["publisher"], "publisher", grants_allowed=False) \
-        if "publisher" in top else None
+    publisher = (
+        _account(checker, top["publisher"], "publisher", grants_allowed=False)
+        if "publisher" in top
+        else None
+    )
     partners: dict[str, Partner] = {}
     partner_lines: dict[str, Node] = {}
     if "partners" in top:
@@ -505,42 +648,60 @@ def parse_partners(text: str, path: str) -> tuple[PartnersConfig | None, list[Pr
 def _entries(checker: _Checker, node: Node, where: str) -> list[tuple[str, Node, Node]]:
     """The (key, value) pairs of a mapping of ids, reporting duplicate ids."""
     if not isinstance(node, MappingNode):
-        checker.problem(node, f"{where} must be a mapping of ids to entries",
-                        "write each entry as 'id:' followed by its indented keys")
+        checker.problem(
+            node,
+            f"{where} must be a mapping of ids to entries",
+            "write each entry as 'id:' followed by its indented keys",
+        )
         return []
     seen: set[str] = set()
     entries = []
     for key_node, value_node in node.value:
         key = str(key_node.value)
         if key in seen:
-            checker.problem(key_node, f"duplicate {where[:-1]} id '{key}'",
-                            "give each entry its own id")
+            checker.problem(
+                key_node, f"duplicate {where[:-1]} id '{key}'", "give each entry its own id"
+            )
             continue
         seen.add(key)
         entries.append((key, key_node, value_node))
     return entries
 
 
-def _check_across_partners(checker: _Checker, partners: dict[str, Partner],
-                           nodes: dict[str, Node], publisher: Account | None) -> None:
+def _check_across_partners(
+    checker: _Checker,
+    partners: dict[str, Partner],
+    nodes: dict[str, Node],
+    publisher: Account | None,
+) -> None:
     owners: dict[str, str] = {publisher.username: "publisher"} if publisher else {}
-    aliases = {c.alias for p in partners.values() for c in p.collections}
+    # A partner with mistakes of its own still names collections: judge grants by every id.
+    aliases = {
+        f"{partner_id}-{feed}"
+        for partner_id in nodes
+        for feed in (partners[partner_id].feeds if partner_id in partners else FEEDS)
+    }
     for partner_id, partner in partners.items():
         if partner.taxii is None:
             continue
         line_node = _find_key(nodes[partner_id], "taxii") or nodes[partner_id]
         username = partner.taxii.username
         if username in owners:
-            checker.problem(line_node, f"username '{username}' of partner '{partner_id}' is "
-                            f"already used by {owners[username]}", "give each account its own "
-                            "username")
+            checker.problem(
+                line_node,
+                f"username '{username}' of partner '{partner_id}' is "
+                f"already used by {owners[username]}",
+                "give each account its own username",
+            )
         else:
             owners[username] = f"partner '{partner_id}'"
         for grant in partner.taxii.grants:
             if grant not in aliases:
-                checker.problem(line_node, f"partner '{partner_id}' is granted '{grant}', "
-                                "which is no collection", "use an alias such as "
-                                "jpcert-originating, of a partner and feed in this file")
+                checker.problem(
+                    line_node,
+                    f"partner '{partner_id}' is granted '{grant}', which is no collection",
+                    "use an alias such as jpcert-originating, of a partner and feed in this file",
+                )
 
 
 def _find_key(node: Node, key: str) -> Node | None:
@@ -557,14 +718,26 @@ def check_partners_file(path: Path | str) -> tuple[PartnersConfig | None, list[P
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return None, [Problem(shown, 0, "no such file",
-                              "create it from the shipped partners.yaml or set SPAMPOTS_PARTNERS")]
+        return None, [
+            Problem(
+                shown,
+                0,
+                "no such file",
+                "create it from the shipped partners.yaml or set SPAMPOTS_PARTNERS",
+            )
+        ]
     except UnicodeDecodeError as error:
         line = 1 + path.read_bytes()[: error.start].count(b"\n")
         return None, [Problem(shown, line, "not UTF-8 text", "save the file as UTF-8")]
     except OSError as error:
-        return None, [Problem(shown, 0, f"cannot read the file ({error.strerror})",
-                              "check its path and permissions")]
+        return None, [
+            Problem(
+                shown,
+                0,
+                f"cannot read the file ({error.strerror})",
+                "check its path and permissions",
+            )
+        ]
     return parse_partners(text, shown)
 
 

@@ -77,43 +77,111 @@ def _choice(*options: str) -> dict[str, Any]:
 
 # Defaults may refer to other settings as {home}; they are expanded after the environment is read.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("home", "./var", "data folder: database, spool, raw messages, keys, outbox",
-            "a folder path", Path),
-    Setting("database_url", "sqlite:///{home}/spampots.db",
-            "the store: sqlite:///PATH (embedded) or postgresql+psycopg://USER@HOST/DB",
-            "a sqlite:// or postgresql+psycopg:// URL", _parse_database_url, secret=True),
-    Setting("partners", "./partners.yaml", "the partners file staff edit: who gets what",
-            "a file path", Path),
-    Setting("spool", "{home}/spool", "where sensors drop batches (incoming/, raw/)",
-            "a folder path", Path),
-    Setting("keys_dir", "{home}/keys", "private Ed25519 signing keys (files mode 0600)",
-            "a folder path", Path),
-    Setting("country_mmdb", "", "country .mmdb (MaxMind or ip-location-db layout); "
-            "empty: the embedded default", "a file path or empty", str),
-    Setting("asn_mmdb", "", "ASN .mmdb (MaxMind or ip-location-db layout); "
-            "empty: the embedded default", "a file path or empty", str),
-    Setting("smtp_url", "", "smtp://host:port (STARTTLS when offered) or smtps://host:port; "
-            "empty: digests go to the outbox only", "empty, smtp://HOST:PORT or smtps://HOST:PORT",
-            _parse_smtp_url),
+    Setting(
+        "home",
+        "./var",
+        "data folder: database, spool, raw messages, keys, outbox",
+        "a folder path",
+        Path,
+    ),
+    Setting(
+        "database_url",
+        "sqlite:///{home}/spampots.db",
+        "the store: sqlite:///PATH (embedded) or postgresql+psycopg://USER@HOST/DB",
+        "a sqlite:// or postgresql+psycopg:// URL",
+        _parse_database_url,
+        secret=True,
+    ),
+    Setting(
+        "partners",
+        "./partners.yaml",
+        "the partners file staff edit: who gets what",
+        "a file path",
+        Path,
+    ),
+    Setting(
+        "spool",
+        "{home}/spool",
+        "where sensors drop batches (incoming/, raw/)",
+        "a folder path",
+        Path,
+    ),
+    Setting(
+        "keys_dir",
+        "{home}/keys",
+        "private Ed25519 signing keys (files mode 0600)",
+        "a folder path",
+        Path,
+    ),
+    Setting(
+        "country_mmdb",
+        "",
+        "country .mmdb (MaxMind or ip-location-db layout); empty: the embedded default",
+        "a file path or empty",
+        str,
+    ),
+    Setting(
+        "asn_mmdb",
+        "",
+        "ASN .mmdb (MaxMind or ip-location-db layout); empty: the embedded default",
+        "a file path or empty",
+        str,
+    ),
+    Setting(
+        "smtp_url",
+        "",
+        "smtp://host:port (STARTTLS when offered) or smtps://host:port; "
+        "empty: digests go to the outbox only",
+        "empty, smtp://HOST:PORT or smtps://HOST:PORT",
+        _parse_smtp_url,
+    ),
     Setting("smtp_username", "", "SMTP user name, if the server wants one"),
     Setting("smtp_password", "", "SMTP password", secret=True),
     Setting("mail_from", "SpamPots feeds <spampots@localhost>", "From: of digests"),
     Setting("reply_to", "", "Reply-To: of digests; empty: the producer's contact"),
     Setting("taxii_host", "127.0.0.1", "address the TAXII server listens on"),
-    Setting("taxii_port", "6100", "port the TAXII server listens on", "1-65535",
-            _parse_int(1, 65535)),
-    Setting("public_url", "", "the TAXII server's URL as partners see it; "
-            "empty: http://TAXII_HOST:TAXII_PORT"),
-    Setting("max_page_size", "1000", "most objects one TAXII page returns", "1-100000",
-            _parse_int(1, 100_000)),
-    Setting("max_request_bytes", "10485760", "largest TAXII request body accepted",
-            "a number of bytes >= 1024", _parse_int(1024)),
-    Setting("batch_objects", "10000", "most objects in one signed publication batch",
-            "10-1000000", _parse_int(10, 1_000_000)),
-    Setting("indicator_expiry_days", "30", "days an indicator stays valid without new sightings",
-            "1-3650", _parse_int(1, 3650)),
-    Setting("log_level", "INFO", "how much the service logs",
-            **_choice("DEBUG", "INFO", "WARNING", "ERROR")),
+    Setting(
+        "taxii_port", "6100", "port the TAXII server listens on", "1-65535", _parse_int(1, 65535)
+    ),
+    Setting(
+        "public_url",
+        "",
+        "the TAXII server's URL as partners see it; empty: http://TAXII_HOST:TAXII_PORT",
+    ),
+    Setting(
+        "max_page_size",
+        "1000",
+        "most objects one TAXII page returns",
+        "1-100000",
+        _parse_int(1, 100_000),
+    ),
+    Setting(
+        "max_request_bytes",
+        "10485760",
+        "largest TAXII request body accepted",
+        "a number of bytes >= 1024",
+        _parse_int(1024),
+    ),
+    Setting(
+        "batch_objects",
+        "10000",
+        "most objects in one signed publication batch",
+        "10-1000000",
+        _parse_int(10, 1_000_000),
+    ),
+    Setting(
+        "indicator_expiry_days",
+        "30",
+        "days an indicator stays valid without new sightings",
+        "1-3650",
+        _parse_int(1, 3650),
+    ),
+    Setting(
+        "log_level",
+        "INFO",
+        "how much the service logs",
+        **_choice("DEBUG", "INFO", "WARNING", "ERROR"),
+    ),
     Setting("log_format", "text", "log lines as text or JSON", **_choice("text", "json")),
 )
 
@@ -169,9 +237,7 @@ def _mask_secret(setting: Setting, text: str) -> str:
     return MASK
 
 
-def load_settings(
-    environ: Mapping[str, str] | None = None, **overrides: str
-) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: str) -> Settings:
     """Read every setting: an override, else ``SPAMPOTS_NAME``, else the file named by
     ``SPAMPOTS_NAME_FILE`` (secrets), else the default. Raises :class:`SettingError`."""
     env = os.environ if environ is None else environ
@@ -188,7 +254,7 @@ def load_settings(
             sources[setting.name] = f"{setting.env}_FILE"
         else:
             raw[setting.name], sources[setting.name] = setting.default, "default"
-    home = raw["home"]
+    home = str(Path(raw["home"]))
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         text = raw[setting.name]

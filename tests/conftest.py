@@ -34,14 +34,17 @@ def free_port() -> int:
 
 
 def _postgres_or_fail() -> None:
+    engine = sa.create_engine(POSTGRES_URL, poolclass=sa.pool.NullPool)
     try:
-        with sa.create_engine(POSTGRES_URL).connect() as connection:
+        with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as error:
         message = f"PostgreSQL at {POSTGRES_URL} is unreachable: {error.orig}"
         if IN_CI:
             pytest.fail(message + " (CI=true: the PostgreSQL tests must run)")
         pytest.skip(message)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -52,7 +55,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     _postgres_or_fail()
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as connection:
         connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"

@@ -25,8 +25,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("activated_at", sa.DateTime(timezone=True)),
         sa.Column("retired_at", sa.DateTime(timezone=True)),
-        sa.CheckConstraint("status IN ('next', 'active', 'retired', 'revoked')",
-                           name="status"),
+        sa.CheckConstraint("status IN ('next', 'active', 'retired', 'revoked')", name="status"),
     )
 
 
