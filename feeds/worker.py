@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 
 from feeds.errors import SpampotsError
 from feeds.leader import Leadership
+from feeds.metrics import observe_job
 from feeds.partners import PartnersConfig, check_partners_file
 from feeds.settings import Settings
 from feeds.store import metadata, write_transaction
@@ -270,7 +271,10 @@ def _finish(
     exc: bool = False,
 ) -> None:
     finished = dt.datetime.now(dt.UTC)
-    extra["seconds"] = round(time.monotonic() - clock, 3)
+    seconds = time.monotonic() - clock
+    extra["seconds"] = round(seconds, 3)
+    counts = {k: v for k, v in extra.items() if isinstance(v, int)}
+    observe_job(spec.name, spec.partner, status, seconds, counts, finished.timestamp())
     values: dict[str, Any] = {
         "last_finished": finished,
         "last_status": status,
