@@ -155,3 +155,51 @@ def load_private_key(keys_dir: Path, kid: str) -> Ed25519PrivateKey:
 def jwks(connection: Connection) -> dict[str, list[dict[str, str]]]:
     """Every key that signed or will sign (active, next and retired); revoked keys are left out."""
     return {"keys": [k.jwk() for k in list_keys(connection) if k.status != "revoked"]}
+
+
+def publish_next_key(engine: Engine, keys_dir: Path) -> SigningKey:
+    """A new key published in the JWKS before it signs anything ('next'); if no key is active
+    yet, it becomes the active key at once. One 'next' key at a time."""
+    with engine.connect() as connection:
+        keys = list_keys(connection)
+    waiting = next((k for k in keys if k.status == "next"), None)
+    if waiting is not None:
+        raise SigningKeyError(
+            f"key {waiting.kid} is already published as the next key",
+            hint="run 'spampots keys rotate' to activate it first",
+            kid=waiting.kid,
+        )
+    has_active = any(k.status == "active" for k in keys)
+    return generate_key(engine, keys_dir, status="next" if has_active else "active")
+
+
+def rotate_keys(engine: Engine, keys_dir: Path) -> tuple[SigningKey | None, SigningKey]:
+    """The next key (generated now if none was published) becomes active; the active key
+    retires and stays in the JWKS so that the batches it signed still verify."""
+    with engine.connect() as connection:
+        keys = list_keys(connection)
+    successor = next((k for k in keys if k.status == "next"), None)
+    if successor is None:
+        successor = generate_key(engine, keys_dir, status="next")
+    load_private_key(keys_dir, successor.kid)  # refuse to activate a key that cannot sign
+    retiring = next((k for k in keys if k.status == "active"), None)
+    now = dt.datetime.now(dt.UTC)
+    with write_transaction(engine) as connection:
+        if retiring is not None:
+            connection.execute(
+                signing_keys.update()
+                .where(signing_keys.c.kid == retiring.kid)
+                .values(status="retired", retired_at=now)
+            )
+        connection.execute(
+            signing_keys.update()
+            .where(signing_keys.c.kid == successor.kid)
+            .values(status="active", activated_at=now)
+        )
+    activated = SigningKey(successor.kid, successor.public_x, "active", successor.created_at)
+    retired = (
+        SigningKey(retiring.kid, retiring.public_x, "retired", retiring.created_at)
+        if retiring
+        else None
+    )
+    return retired, activated
