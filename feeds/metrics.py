@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,32 @@ from typing import Any
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def use_metrics_dir(folder: Path, wipe: bool = False) -> None:
-    """Point this process (and those it starts) at the shared metrics folder; ``wipe`` once
-    when the whole service starts, so the samples of a previous run do not linger."""
-    if wipe and folder.is_dir():
-        shutil.rmtree(folder)
+def process_identifier() -> str:
+    """Names this process's sample files: host name and pid, so that containers sharing the
+    folder (each with its own pid 1) never write to the same file."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def use_metrics_dir(folder: Path) -> None:
+    """Point this process (and those it starts) at the shared metrics folder, after removing
+    the files of this host's processes that are gone."""
     folder.mkdir(parents=True, exist_ok=True)
     os.environ[ENV] = str(folder)
+    host = socket.gethostname()
+    for sample_file in folder.glob(f"*_{host}-*.db"):
+        pid = sample_file.stem.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            sample_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -43,7 +62,10 @@ class Metrics:
 
 @functools.cache
 def metrics() -> Metrics:
-    from prometheus_client import Counter, Gauge, Histogram
+    from prometheus_client import Counter, Gauge, Histogram, values
+
+    if os.environ.get(ENV):
+        values.ValueClass = values.MultiProcessValue(process_identifier)  # type: ignore[no-untyped-call]
 
     return Metrics(
         messages_ingested=Counter("spampots_messages_ingested", "Messages accepted by ingest"),
@@ -94,7 +116,7 @@ def process_gone(pid: int) -> None:
     if os.environ.get(ENV):
         from prometheus_client.multiprocess import mark_process_dead
 
-        mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        mark_process_dead(f"{socket.gethostname()}-{pid}")  # type: ignore[no-untyped-call]
 
 
 def observe_job(

@@ -156,6 +156,13 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_int(1, 100_000),
     ),
     Setting(
+        "taxii_workers",
+        "2",
+        "TAXII server processes ('spampots serve'), each with a few threads",
+        "1-64",
+        _parse_int(1, 64),
+    ),
+    Setting(
         "max_request_bytes",
         "10485760",
         "largest TAXII request body accepted",
@@ -177,12 +184,33 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_int(1, 3650),
     ),
     Setting(
+        "samples_per_publish",
+        "50",
+        "most distinct sanitized sample messages one publish run adds to a collection "
+        "(the most frequent first; only for partners sharing samples)",
+        "0-10000",
+        _parse_int(0, 10_000),
+    ),
+    Setting(
+        "ingest_workers",
+        "1",
+        "processes that parse and enrich messages during ingest (one more writes the store)",
+        "1-64",
+        _parse_int(1, 64),
+    ),
+    Setting(
         "log_level",
         "INFO",
         "how much the service logs",
         **_choice("DEBUG", "INFO", "WARNING", "ERROR"),
     ),
     Setting("log_format", "text", "log lines as text or JSON", **_choice("text", "json")),
+    Setting("metrics_dir", "{home}/metrics", "where every process of this host writes its "
+            "Prometheus samples; /metrics adds them up", "a folder path", Path),
+    Setting("ingest_every", "60", "seconds between the worker's runs of ingest",
+            "5-86400", _parse_int(5, 86400)),
+    Setting("key_max_age_days", "365", "the worker reminds staff to rotate a signing key "
+            "older than this", "30-3650", _parse_int(30, 3650)),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
