@@ -10,7 +10,8 @@ import argparse
 import getpass
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 from feeds.errors import ConfigurationError, SpampotsError, UsageError
 from feeds.partners import check_partners_file, hash_password
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="set up and run the service on this machine")
     run.set_defaults(handler=cmd_run)
+
+    serve = commands.add_parser("serve", help="run the TAXII 2.1 server (gunicorn)")
+    serve.add_argument("--host", help="address to listen on (default: SPAMPOTS_TAXII_HOST)")
+    serve.add_argument("--port", type=int, help="port (default: SPAMPOTS_TAXII_PORT)")
+    serve.add_argument("--workers", type=int, help="processes (default: SPAMPOTS_TAXII_WORKERS)")
+    serve.set_defaults(handler=cmd_serve)
+    add_publishing_commands(commands)
     return parser
 
 
@@ -124,6 +132,118 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     for line in config.summary_lines():
         print(line)
     return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from taxii_server.serve import serve
+
+    return serve(settings, host=args.host, port=args.port, workers=args.workers)
+
+
+def add_publishing_commands(commands: Any) -> None:
+    """keys, publish and verify (issue 5)."""
+    keys = commands.add_parser("keys", help="signing keys: generate, list, rotate, export-jwks")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    key_commands.add_parser(
+        "generate", help="publish a new key as the next one (active if there is none)"
+    ).set_defaults(handler=cmd_keys_generate)
+    key_commands.add_parser("list", help="every key with its status").set_defaults(
+        handler=cmd_keys_list
+    )
+    key_commands.add_parser(
+        "rotate", help="activate the next key (made now if none); the active one retires"
+    ).set_defaults(handler=cmd_keys_rotate)
+    export = key_commands.add_parser("export-jwks", help="print the public keys as a JWKS")
+    export.add_argument("--out", help="write the JWKS to this file instead")
+    export.set_defaults(handler=cmd_keys_export)
+
+    publish = commands.add_parser(
+        "publish", help="publish what was ingested since each collection's last batch"
+    )
+    publish.add_argument("--partner", help="only this partner's collections (its id)")
+    publish.set_defaults(handler=cmd_publish)
+
+    verify = commands.add_parser(
+        "verify", help="partner side: poll a collection and verify every signed batch"
+    )
+    verify.add_argument("--url", required=True, help="the TAXII discovery URL")
+    verify.add_argument("--collection", required=True, help="collection alias or id")
+    verify.add_argument("--user", required=True, help="TAXII user name")
+    verify.add_argument(
+        "--password-file", required=True, help="file whose first line is the password"
+    )
+    verify.add_argument("--jwks", required=True, help="the producer's JWKS: URL or file")
+    verify.add_argument("--out", help="write the verified objects as a STIX bundle here")
+    verify.add_argument("--page-size", type=int, default=1000, help="objects per request")
+    verify.set_defaults(handler=cmd_verify)
+
+
+def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from feeds.home import open_store
+    from feeds.keys import publish_next_key
+
+    key = publish_next_key(open_store(settings), Path(settings.keys_dir))
+    print(f"{key.kid} {key.status}")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from feeds.home import open_store
+    from feeds.keys import list_keys
+
+    with open_store(settings).connect() as connection:
+        for key in list_keys(connection):
+            print(f"{key.kid} {key.status} created {key.created_at:%Y-%m-%d %H:%M:%S}")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from feeds.home import open_store
+    from feeds.keys import rotate_keys
+
+    retired, active = rotate_keys(open_store(settings), Path(settings.keys_dir))
+    if retired is not None:
+        print(f"{retired.kid} retired (stays in the JWKS)")
+    print(f"{active.kid} active")
+    return 0
+
+
+def cmd_keys_export(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from feeds.home import open_store
+    from feeds.keys import jwks
+
+    with open_store(settings).connect() as connection:
+        text = orjson.dumps(jwks(connection), option=orjson.OPT_INDENT_2)
+    if args.out:
+        Path(args.out).write_bytes(text + b"\n")
+    else:
+        print(text.decode("utf-8"))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from feeds.publish import publish
+
+    for line in publish(settings, partner_id=args.partner).lines():
+        print(line)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from feeds.verify import read_password, verify_collection
+
+    outcome = verify_collection(
+        url=args.url,
+        collection=args.collection,
+        user=args.user,
+        password=read_password(args.password_file),
+        jwks_source=args.jwks,
+        out=Path(args.out) if args.out else None,
+        page_size=args.page_size,
+    )
+    return 0 if outcome.ok else 1
 
 
 def one_line(text: str) -> str:
