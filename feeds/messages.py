@@ -1,0 +1,226 @@
+"""Raw message -> the parsed essentials and the URLs it carries.
+
+Spam is hostile input: made-up charsets, broken MIME, 8-bit headers, ``Message-Id: <>``,
+truncated bodies. The stdlib parser with the compat32 policy reads all of it without raising
+(``policy.default`` raises on several of these and is ten times slower); every decoding step
+below falls back instead of failing, so a message is always stored with what could be read.
+"""
+
+from __future__ import annotations
+
+import codecs
+import email
+import email.header
+import functools
+import html
+import re
+from dataclasses import dataclass
+from email.message import Message
+from email.policy import compat32
+from urllib.parse import urlsplit
+
+from publicsuffixlist import PublicSuffixList
+
+MAX_TEXT_SCANNED = 1 << 20  # characters of one decoded part searched for URLs
+MAX_URLS = 200  # per message: a list page of a million links is not a million indicators
+MAX_URL_LENGTH = 2048
+MAX_HEADER_LENGTH = 2000
+
+_URL = re.compile(r"""(?i)\bhttps?://[^\s<>"'`{}|\\^\[\]]+""")
+_URL_TAIL = ".,;:!?)'\""
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    header_from: str | None
+    subject: str | None
+    header_date: str | None
+    message_id: str | None
+    content_types: tuple[str, ...]
+    charsets: tuple[str, ...]
+    languages: tuple[str, ...]
+    urls: tuple[str, ...]
+    defects: int
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    """The essentials of ``raw``; never raises on malformed content."""
+    message = email.message_from_bytes(raw, policy=compat32)
+    content_types: list[str] = []
+    charsets: list[str] = []
+    languages: list[str] = []
+    urls: dict[str, None] = {}
+    defects = len(message.defects)
+    for part in message.walk():
+        defects += len(part.defects) if part is not message else 0
+        content_type = _safe_content_type(part)
+        _add_unique(content_types, content_type)
+        language = part.get("Content-Language")
+        if language:
+            for tag in clean_text(str(language)).split(","):
+                if tag.strip():
+                    _add_unique(languages, tag.strip().lower()[:35])
+        if part.is_multipart():
+            continue
+        charset = _safe_charset(part)
+        if charset:
+            _add_unique(charsets, charset)
+        if content_type.startswith("text/") and len(urls) < MAX_URLS:
+            text = _decoded_text(part, charset)
+            for url in extract_urls(text, is_html=content_type == "text/html"):
+                urls.setdefault(url, None)
+    return ParsedMessage(
+        header_from=_header(message, "From"),
+        subject=_header(message, "Subject"),
+        header_date=_header(message, "Date"),
+        message_id=_header(message, "Message-ID"),
+        content_types=tuple(content_types),
+        charsets=tuple(charsets),
+        languages=tuple(languages),
+        urls=tuple(urls)[:MAX_URLS],
+        defects=defects,
+    )
+
+
+def clean_text(text: str) -> str:
+    """Text any database stores: undecodable bytes become U+FFFD, control characters go."""
+    if not text.isascii():
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return _CONTROL.sub("", text)
+
+
+def extract_urls(text: str, *, is_html: bool = False) -> list[str]:
+    """http(s) URLs in plain text or HTML (hrefs included), in order of first appearance."""
+    found: list[str] = []
+    for match in _URL.finditer(text[:MAX_TEXT_SCANNED]):
+        url = match.group(0)
+        if is_html and "&" in url:
+            url = html.unescape(url)
+        url = url.rstrip(_URL_TAIL)
+        if len(url) <= MAX_URL_LENGTH and url_host(url):
+            found.append(url)
+    return found
+
+
+def url_host(url: str) -> str | None:
+    """The host of ``url``, lowercased, or None when it has none or cannot be split."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    return host.rstrip(".") or None if host else None
+
+
+@functools.lru_cache(maxsize=1)
+def _public_suffixes() -> PublicSuffixList:
+    return PublicSuffixList()  # the list bundled with the package: no network
+
+
+@functools.lru_cache(maxsize=100_000)
+def registrable_domain(host: str) -> str:
+    """The registrable domain of ``host`` (``www.shop.example.co.jp`` -> ``example.co.jp``).
+
+    A host that has none (an IP literal, an unknown or bare suffix) is its own domain.
+    """
+    host = host.lower().rstrip(".")
+    if not host or host[0] == "[" or host.replace(".", "").isdigit():
+        return host
+    private = _public_suffixes().privatesuffix(host)
+    return str(private) if private else host
+
+
+def domain_key(domain: str) -> str:
+    """A sortable key for "at or under this domain" range queries.
+
+    Labels reversed and dot-terminated: ``mx1.example.jp`` -> ``jp.example.mx1.``; a host is
+    at or under ``example.jp`` when its key starts with ``jp.example.`` (see
+    :func:`domain_key_range`).
+    """
+    labels = domain.lower().strip().rstrip(".").split(".")
+    return ".".join(reversed(labels)) + "."
+
+
+def domain_key_range(domain: str) -> tuple[str, str]:
+    """``(low, high)``: a key k is at or under ``domain`` when ``low <= k < high``."""
+    low = domain_key(domain)
+    return low, low[:-1] + "/"  # "/" sorts right after "."
+
+
+def recipient_domain(address: str) -> str:
+    """The domain part of an envelope recipient, lowercased; "" when it has none."""
+    address = address.strip().strip("<>")
+    _, at, domain = address.rpartition("@")
+    return domain.lower().rstrip(".") if at else ""
+
+
+def _add_unique(items: list[str], item: str) -> None:
+    if item not in items and len(items) < 50:
+        items.append(item)
+
+
+def _safe_content_type(part: Message) -> str:
+    try:
+        return clean_text(part.get_content_type())[:100]
+    except Exception:  # a header the parser kept as an object it cannot render
+        return "text/plain"
+
+
+def _safe_charset(part: Message) -> str | None:
+    try:
+        charset = part.get_content_charset()
+    except Exception:
+        return None
+    return clean_text(str(charset)).lower()[:40] if charset else None
+
+
+@functools.lru_cache(maxsize=256)
+def _codec_for(charset: str | None) -> str:
+    if charset:
+        try:
+            return codecs.lookup(charset).name
+        except (LookupError, ValueError):
+            pass
+    return "latin-1"  # every byte decodes: URLs are ASCII anyway
+
+
+def _decoded_text(part: Message, charset: str | None) -> str:
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if not isinstance(payload, bytes):
+        raw = part.get_payload()
+        return raw if isinstance(raw, str) else ""
+    try:
+        return payload.decode(_codec_for(charset), "replace")
+    except Exception:  # some codecs raise other errors than UnicodeDecodeError
+        return payload.decode("latin-1")
+
+
+def _header(message: Message, name: str) -> str | None:
+    value = message.get(name)
+    if value is None:
+        return None
+    text = _decode_header(str(value) if not isinstance(value, str) else value)
+    text = " ".join(text.split())[:MAX_HEADER_LENGTH]
+    return text or None
+
+
+def _decode_header(value: str) -> str:
+    if "=?" not in value:
+        return clean_text(value)
+    try:
+        chunks = email.header.decode_header(value)
+    except Exception:
+        return clean_text(value)
+    parts: list[str] = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            parts.append(chunk)
+            continue
+        try:
+            parts.append(chunk.decode(_codec_for(charset), "replace"))
+        except Exception:
+            parts.append(chunk.decode("latin-1"))
+    return clean_text("".join(parts))
