@@ -161,8 +161,13 @@ class Worker:
                 self.leadership.release()
             log.info("worker stopped", extra={"holder": self.holder})
 
+    @property
+    def heartbeat_file(self) -> Path:
+        return Path(self.settings.home) / "worker.heartbeat"
+
     def tick(self) -> None:
         """One heartbeat: renew or seek the active role, pick up partners.yaml edits."""
+        self.heartbeat_file.touch()
         try:
             held = (
                 self.leadership.try_acquire() if not self._active else self.leadership.still_held()
@@ -295,3 +300,11 @@ def _finish(
 
 def job_names(specs: Iterable[JobSpec]) -> list[str]:
     return sorted(spec.name for spec in specs)
+
+
+def heartbeat_age(settings: Settings) -> float | None:
+    """Seconds since a worker using this data folder last ticked; None if none ever did."""
+    try:
+        return time.time() - (Path(settings.home) / "worker.heartbeat").stat().st_mtime
+    except FileNotFoundError:
+        return None
