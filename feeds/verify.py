@@ -19,7 +19,15 @@ from taxii2client.exceptions import TAXIIServiceException
 from taxii2client.v21 import Collection, Server, as_pages
 
 from feeds.errors import SpampotsError
-from feeds.signing import BatchCheck, check_batch, digest, public_keys, signed_extension
+from feeds.signing import (
+    BatchCheck,
+    SignatureError,
+    check_batch,
+    digest,
+    public_keys,
+    signed_extension,
+    verify_jws,
+)
 from feeds.stix import StixObject, random_id, version_of
 
 Print = Callable[[str], None]
@@ -116,26 +124,51 @@ def verify_objects(
         if obj.get("type") == "report" and signed_extension(obj) is not None:
             reports.append(obj)
     outcome = VerifyOutcome()
-    covered: set[tuple[str, str, str]] = set()
+    signed = _signed_rows(reports, keys)
+    signed_scos = {(object_id, found) for object_id, version, found in signed if not version}
+    done: set[tuple[str, str, str]] = set()
     for report in sorted(reports, key=lambda r: (str(r.get("created")), str(r.get("id")))):
-        check = check_batch(report, keys, stored, collection_id)
+        check = check_batch(
+            report,
+            keys,
+            stored,
+            collection_id,
+            lambda object_id, found: (object_id, found) in signed_scos,
+        )
         outcome.checks.append(check)
         if not check.ok:
             continue
-        covered.add((str(report["id"]), version_of(report), digest(report)))
         outcome.verified.append(report)
-        manifest = signed_extension(report) or {}
+        manifest = (signed_extension(report) or {}).get("manifest") or {}
         for object_id, version, expected in manifest.get("objects", []):
-            if (object_id, version, expected) in covered:
+            if (object_id, version, expected) in done:
                 continue
-            covered.add((object_id, version, expected))
-            good = next(c for c in stored[(object_id, version)] if digest(c) == expected)
-            outcome.verified.append(good)
+            done.add((object_id, version, expected))
+            good = [c for c in stored[(object_id, version)] if digest(c) == expected]
+            outcome.verified.extend(good[:1])  # a superseded SCO copy is no longer served
     for (object_id, version), copies in stored.items():
         for copy in copies:
-            if (object_id, version, digest(copy)) not in covered:
+            if (object_id, version, digest(copy)) not in signed:
                 outcome.unsigned.append(f"{object_id} {version}".strip())
     return outcome
+
+
+def _signed_rows(reports: list[StixObject], keys: Any) -> set[tuple[str, str, str]]:
+    """(id, version, digest) of every row of a manifest whose signature holds, and of the
+    reports carrying them."""
+    signed: set[tuple[str, str, str]] = set()
+    for report in reports:
+        extension = signed_extension(report) or {}
+        manifest, jws = extension.get("manifest"), extension.get("jws")
+        if not isinstance(manifest, dict) or not isinstance(jws, str):
+            continue
+        try:
+            verify_jws(manifest, jws, keys)
+        except SignatureError:
+            continue
+        signed.add((str(report["id"]), version_of(report), digest(report)))
+        signed.update(tuple(row) for row in manifest.get("objects", []) if len(row) == 3)
+    return signed
 
 
 def describe(check: BatchCheck) -> str:

@@ -1,0 +1,168 @@
+"""What each partner gets: messages originating from, or returning to, its networks.
+
+- Originating from partner P: the message's ``src_ip`` lies in P's networks: its economy by
+  the enrichment (``src_cc``), the ASNs and the prefixes partners.yaml lists for P.
+- Returning to P: the message was aimed at P: its ``dst_ip`` lies in P's networks (``dst_cc``,
+  ASNs, prefixes), or the ``dst_host`` or a recipient's domain lies under one of P's domains.
+
+A selection covers the messages with ids in (``after``, ``upto``]: the ids are the ingest
+order, so a collection's watermark is the last id it published.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from feeds.partners import Partner
+from feeds.store.captures import (
+    in_network,
+    message_domains,
+    message_urls,
+    messages,
+    under_domain,
+    urls,
+)
+
+
+@dataclass(frozen=True)
+class SourceActivity:
+    """One source address over the window: the base of an IP indicator."""
+
+    address: str
+    ip_key: str
+    asn: int | None
+    as_name: str | None
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    messages: int
+
+
+@dataclass(frozen=True)
+class UrlActivity:
+    url: str
+    sha256: str
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    messages: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A captured message to share (sanitized) with the partner: the most frequent ones."""
+
+    raw_sha256: str
+    messages: int
+    recipients: tuple[str, ...]
+    subject: str | None
+    header_date: str | None
+    content_types: str
+
+
+def originating(partner: Partner) -> sa.ColumnElement[bool]:
+    m = messages.c
+    parts: list[sa.ColumnElement[bool]] = [m.src_cc == partner.economy]
+    if partner.networks.asns:
+        parts.append(m.src_asn.in_(partner.networks.asns))
+    parts.extend(in_network(m.src_ip_key, prefix) for prefix in partner.networks.prefixes)
+    return sa.or_(*parts)
+
+
+def returning(partner: Partner, after: int, upto: int) -> sa.ColumnElement[bool]:
+    m = messages.c
+    parts: list[sa.ColumnElement[bool]] = [m.dst_cc == partner.economy]
+    if partner.networks.asns:
+        parts.append(m.dst_asn.in_(partner.networks.asns))
+    parts.extend(in_network(m.dst_ip_key, prefix) for prefix in partner.networks.prefixes)
+    for domain in partner.networks.domains:
+        parts.append(under_domain(m.dst_host_rev, domain))
+    if partner.networks.domains:
+        d = message_domains.c
+        aimed = (
+            sa.select(d.message_id)
+            .where(
+                d.message_id > after,
+                d.message_id <= upto,
+                sa.or_(
+                    *(under_domain(d.domain_rev, domain) for domain in partner.networks.domains)
+                ),
+            )
+            .scalar_subquery()
+        )
+        parts.append(m.id.in_(aimed))
+    return sa.or_(*parts)
+
+
+def message_condition(partner: Partner, feed: str, after: int, upto: int) -> sa.ColumnElement[bool]:
+    chosen = originating(partner) if feed == "originating" else returning(partner, after, upto)
+    return sa.and_(messages.c.id > after, messages.c.id <= upto, chosen)
+
+
+def last_message_id(connection: Connection) -> int:
+    return int(connection.execute(sa.select(sa.func.max(messages.c.id))).scalar() or 0)
+
+
+def sources(connection: Connection, condition: sa.ColumnElement[bool]) -> list[SourceActivity]:
+    m = messages.c
+    rows = connection.execute(
+        sa.select(
+            m.src_ip,
+            m.src_ip_key,
+            sa.func.max(m.src_asn),
+            sa.func.max(m.src_as_name),
+            sa.func.min(m.ts),
+            sa.func.max(m.ts),
+            sa.func.count(),
+        )
+        .where(condition)
+        .group_by(m.src_ip, m.src_ip_key)
+        .order_by(m.src_ip_key)
+    )
+    return [
+        SourceActivity(ip, key, int(asn) if asn is not None else None, name, first, last, count)
+        for ip, key, asn, name, first, last, count in rows
+    ]
+
+
+def spam_urls(connection: Connection, condition: sa.ColumnElement[bool]) -> list[UrlActivity]:
+    m, mu, u = messages.c, message_urls.c, urls.c
+    rows = connection.execute(
+        sa.select(u.url, u.sha256, sa.func.min(m.ts), sa.func.max(m.ts), sa.func.count())
+        .select_from(
+            messages.join(message_urls, mu.message_id == m.id).join(urls, u.id == mu.url_id)
+        )
+        .where(condition)
+        .group_by(u.id, u.url, u.sha256)
+        .order_by(u.sha256)
+    )
+    return [UrlActivity(*row) for row in rows]
+
+
+def samples(connection: Connection, condition: sa.ColumnElement[bool], limit: int) -> list[Sample]:
+    """The ``limit`` most frequent distinct messages, with one capture's details each."""
+    if limit <= 0:
+        return []
+    m = messages.c
+    counted = (
+        sa.select(m.raw_sha256, sa.func.count().label("n"), sa.func.min(m.id).label("first_id"))
+        .where(condition)
+        .group_by(m.raw_sha256)
+        .order_by(sa.func.count().desc(), m.raw_sha256)
+        .limit(limit)
+        .subquery()
+    )
+    rows = connection.execute(
+        sa.select(
+            counted.c.raw_sha256, counted.c.n, m.rcpt_to, m.subject, m.header_date, m.content_types
+        )
+        .join_from(counted, messages, m.id == counted.c.first_id)
+        .order_by(counted.c.raw_sha256)
+    )
+    return [
+        Sample(sha, int(count), tuple(orjson.loads(rcpt)), subject, date, types or "")
+        for sha, count, rcpt, subject, date, types in rows
+    ]

@@ -1,0 +1,291 @@
+"""Publishing through the real store and the real TAXII server, verified as a partner would."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+import stix2
+from stix2validator import ValidationOptions, validate_instance
+from taxii2client.v21 import Server
+from taxii_helpers import CHEAP, RunningServer, running_server
+
+from feeds import publish as publish_module
+from feeds.generator import Generated, _plan_networks, generate
+from feeds.home import engine_for, init_home
+from feeds.ingest import ingest_run
+from feeds.publish import feed_batches, feed_watermarks, publish
+from feeds.settings import Settings, load_settings
+from feeds.verify import VerifyError, verify_collection
+from taxii_server.objects import taxii_objects
+
+PASSWORDS = {"twcert": "twcert-secret-12", "jpcert": "jpcert-secret-12"}
+NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
+
+
+def partners_text() -> str:
+    def account(name: str) -> str:
+        return f'{{username: {name}, password_hash: "{CHEAP.hash(PASSWORDS[name])}"}}'
+
+    return "\n".join(
+        [
+            "producer: {name: CERT.br, contact: cert@example.org}",
+            "sensors:",
+            "  br-isp1-home: {addresses: [192.0.2.10], hostnames: [proxy1.example.net]}",
+            "partners:",
+            "  twcert:",
+            "    name: TWCERT/CC",
+            "    economy: TW",
+            "    networks: {asns: [64500], prefixes: [198.51.100.0/26], domains: [tw]}",
+            "    share: [ips, urls, samples]",
+            f"    taxii: {account('twcert')}",
+            "  jpcert:",
+            "    name: JPCERT/CC",
+            "    economy: JP",
+            "    networks: {asns: [64501], prefixes: [198.51.100.64/26], domains: [jp]}",
+            "    share: [ips, urls]",
+            "    tlp: green",
+            f"    taxii: {account('jpcert')}",
+            "",
+        ]
+    )
+
+
+@dataclass
+class Feed:
+    settings: Settings
+    generated: Generated
+    tmp: Path
+
+    def password_file(self, user: str) -> str:
+        path = self.tmp / f"{user}.password"
+        path.write_text(PASSWORDS[user] + "\n")
+        return str(path)
+
+
+@pytest.fixture
+def feed(tmp_path: Path, environ: dict[str, str]) -> Feed:
+    generated = generate(
+        tmp_path / "spool", tmp_path / "mmdb", 400, seed=7, start=NOW - dt.timedelta(days=2)
+    )
+    partners = tmp_path / "partners.yaml"
+    partners.write_text(partners_text())
+    settings = load_settings(
+        {
+            **environ,
+            "SPAMPOTS_PARTNERS": str(partners),
+            "SPAMPOTS_SPOOL": str(generated.spool),
+            "SPAMPOTS_COUNTRY_MMDB": str(generated.country_mmdb),
+            "SPAMPOTS_ASN_MMDB": str(generated.asn_mmdb),
+            "SPAMPOTS_BATCH_OBJECTS": "200",
+            "SPAMPOTS_SAMPLES_PER_PUBLISH": "5",
+        }
+    )
+    init_home(settings)
+    ingest_run(settings, workers=1).run()
+    return Feed(settings, generated, tmp_path)
+
+
+@pytest.fixture
+def server(feed: Feed) -> Iterator[RunningServer]:
+    with running_server(feed.settings) as running:
+        yield running
+
+
+def verify(
+    feed: Feed, server: RunningServer, collection: str, user: str = "twcert", **options: Any
+) -> tuple[Any, list[str]]:
+    lines: list[str] = []
+    outcome = verify_collection(
+        url=server.discovery,
+        collection=collection,
+        user=user,
+        password=PASSWORDS[user],
+        jwks_source=f"{server.url}/.well-known/jwks.json",
+        emit=lines.append,
+        **options,
+    )
+    return outcome, lines
+
+
+def indicator_addresses(objects: list[dict[str, Any]]) -> set[str]:
+    found = set()
+    for obj in objects:
+        if obj["type"] == "indicator" and "addr:value" in obj["pattern"]:
+            found.add(obj["pattern"].split("'")[1])
+    return found
+
+
+def tw_addresses(feed: Feed) -> set[str]:
+    """What the generator put in TW's networks (its plan, not the store's enrichment)."""
+    networks = [ipaddress.ip_network(n.cidr) for n in _plan_networks()["TW"]]
+    return {
+        ip
+        for ip in feed.generated.expected.src_ips
+        if any(ipaddress.ip_address(ip) in net for net in networks)
+    }
+
+
+def test_a_partner_polls_and_verifies_every_batch(feed: Feed, server: RunningServer) -> None:
+    report = publish(feed.settings, now=NOW)
+    assert any(b.collection_alias == "twcert-originating" for b in report.batches)
+    outcome, lines = verify(feed, server, "twcert-originating", out=feed.tmp / "bundle.json")
+    assert outcome.ok, [line for line in lines if "ok," not in line]
+    assert len(outcome.checks) >= 2  # bounded batches: 200 objects each
+    assert all(line.startswith("batch ") and ": ok," in line for line in lines[:-1])
+    bundle = orjson.loads((feed.tmp / "bundle.json").read_bytes())
+    assert indicator_addresses(bundle["objects"]) == tw_addresses(feed)
+    kinds = Counter(obj["type"] for obj in bundle["objects"])
+    assert kinds["artifact"] and kinds["email-message"] and kinds["url"]
+    # Every source address published once: one observed-data per address.
+    assert kinds["observed-data"] == len(tw_addresses(feed))
+
+
+def test_published_objects_pass_the_validator(feed: Feed, server: RunningServer) -> None:
+    publish(feed.settings, partner_id="jpcert", now=NOW)
+    outcome, lines = verify(feed, server, "jpcert-returning", user="jpcert")
+    assert outcome.ok, lines
+    options = ValidationOptions(strict=False)
+    seen_types = set()
+    for obj in outcome.verified:
+        if obj["type"] in seen_types and obj["type"] not in {"report", "indicator"}:
+            continue
+        seen_types.add(obj["type"])
+        result = validate_instance(obj, options)
+        assert result.is_valid, (obj["id"], [str(e) for e in result.errors])
+        stix2.parse(orjson.dumps(obj).decode(), allow_custom=False)
+    assert {
+        "indicator",
+        "observed-data",
+        "relationship",
+        "sighting",
+        "report",
+        "identity",
+        "marking-definition",
+        "extension-definition",
+        "ipv4-addr",
+    } <= seen_types
+
+
+def test_an_object_altered_in_the_store_is_named(
+    feed: Feed, server: RunningServer, run_cli: Any
+) -> None:
+    publish(feed.settings, partner_id="twcert", now=NOW)
+    engine = engine_for(feed.settings.database_url)
+    t = taxii_objects.c
+    with engine.begin() as connection:
+        row_id, object_id, body = connection.execute(
+            sa.select(t.row_id, t.object_id, t.body)
+            .where(t.object_type == "indicator")
+            .order_by(t.row_id)
+            .limit(1)
+        ).one()
+        altered = orjson.loads(body) | {"confidence": 1}
+        connection.execute(
+            taxii_objects.update().where(t.row_id == row_id).values(body=orjson.dumps(altered))
+        )
+    outcome, lines = verify(feed, server, "twcert-originating")
+    assert not outcome.ok
+    failed = [line for line in lines if line.startswith("batch ") and "FAILED" in line]
+    assert len(failed) == 1 and object_id in failed[0] and "altered" in failed[0]
+    assert outcome.unsigned == [f"{object_id} {altered['modified']}"]
+    code, out, _ = run_cli(
+        "verify",
+        "--url",
+        server.discovery,
+        "--collection",
+        "twcert-originating",
+        "--user",
+        "twcert",
+        "--password-file",
+        feed.password_file("twcert"),
+        "--jwks",
+        f"{server.url}/.well-known/jwks.json",
+    )
+    assert code == 1 and object_id in out
+
+
+def test_jp_sees_no_tw_collection(feed: Feed, server: RunningServer) -> None:
+    publish(feed.settings, now=NOW)
+    client = Server(server.discovery, user="jpcert", password=PASSWORDS["jpcert"])
+    aliases = {c.alias for root in client.api_roots for c in root.collections}
+    assert aliases == {"jpcert-originating", "jpcert-returning"}
+    with pytest.raises(VerifyError, match="no collection 'twcert-originating'"):
+        verify(feed, server, "twcert-originating", user="jpcert")
+
+
+def test_killed_mid_publish_nothing_shows_and_a_rerun_publishes_once(
+    feed: Feed, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_add = publish_module.add_objects
+    calls = Counter[str]()
+
+    def dies_on_second_batch(connection: Any, collection_id: str, objects: Any) -> Any:
+        calls[collection_id] += 1
+        result = real_add(connection, collection_id, objects)
+        if calls[collection_id] == 2:
+            raise KeyboardInterrupt  # killed after writing, before the commit
+        return result
+
+    monkeypatch.setattr(publish_module, "add_objects", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        publish(feed.settings, partner_id="twcert", now=NOW)
+    outcome, _ = verify(feed, server, "twcert-originating")
+    assert len(outcome.checks) == 1 and outcome.ok  # the first batch only, whole
+    monkeypatch.setattr(publish_module, "add_objects", real_add)
+    publish(feed.settings, partner_id="twcert", now=NOW + dt.timedelta(minutes=1))
+    outcome, lines = verify(feed, server, "twcert-originating")
+    assert outcome.ok, lines
+    observed = [o for o in outcome.verified if o["type"] == "observed-data"]
+    assert len(observed) == len(tw_addresses(feed))
+    assert publish(feed.settings, partner_id="twcert").batches == []  # nothing new
+
+
+def test_indicators_keep_their_ids_get_new_versions_and_expire(
+    feed: Feed, server: RunningServer
+) -> None:
+    publish(feed.settings, partner_id="jpcert", now=NOW)
+    first, _ = verify(feed, server, "jpcert-originating", user="jpcert")
+    before = {o["pattern"]: o for o in first.verified if o["type"] == "indicator"}
+    assert before
+    # Seen again: the same messages once more (the watermark put back).
+    engine = engine_for(feed.settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(feed_watermarks.update().values(last_message_id=0))
+    later = NOW + dt.timedelta(days=1)
+    publish(feed.settings, partner_id="jpcert", now=later)
+    second, lines = verify(feed, server, "jpcert-originating", user="jpcert")
+    assert second.ok, lines
+    versions: dict[str, list[dict[str, Any]]] = {}
+    for obj in second.verified:
+        if obj["type"] == "indicator":
+            versions.setdefault(obj["id"], []).append(obj)
+    assert len(versions) == len(before)
+    for pattern, old in before.items():
+        new = max(versions[old["id"]], key=lambda o: o["modified"])
+        assert new["pattern"] == pattern and new["created"] == old["created"]
+        assert new["modified"] > old["modified"] and new["valid_until"] > old["valid_until"]
+    # Not seen for the expiry period: published once more, as expired.
+    expired_at = later + dt.timedelta(days=31)
+    report = publish(feed.settings, partner_id="jpcert", now=expired_at)
+    assert sum(
+        b.expired for b in report.batches if b.collection_alias == "jpcert-originating"
+    ) == len(before)
+    third, lines = verify(feed, server, "jpcert-originating", user="jpcert")
+    assert third.ok, lines
+    revoked = [o for o in third.verified if o["type"] == "indicator" and o.get("revoked")]
+    assert {o["id"] for o in revoked} == set(versions)
+    assert all(o["valid_until"] < o["modified"] for o in revoked)
+    again = publish(feed.settings, partner_id="jpcert", now=expired_at + dt.timedelta(days=1))
+    assert again.batches == []
+    with engine.connect() as connection:
+        kids = set(connection.execute(sa.select(feed_batches.c.kid)).scalars())
+    assert len(kids) == 1
