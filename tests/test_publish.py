@@ -289,3 +289,50 @@ def test_indicators_keep_their_ids_get_new_versions_and_expire(
     with engine.connect() as connection:
         kids = set(connection.execute(sa.select(feed_batches.c.kid)).scalars())
     assert len(kids) == 1
+
+
+def test_after_rotation_old_and_new_batches_verify_from_an_exported_jwks(
+    feed: Feed, server: RunningServer, run_cli: Any
+) -> None:
+    env = {
+        "SPAMPOTS_PARTNERS": str(feed.settings.partners),
+        "SPAMPOTS_SPOOL": str(feed.settings.spool),
+    }
+    assert run_cli("publish", "--partner", "jpcert", env=env)[0] == 0
+    code, out, _ = run_cli("keys", "rotate", env=env)
+    assert code == 0 and "retired" in out and "active" in out
+    engine = engine_for(feed.settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(feed_watermarks.update().values(last_message_id=0))
+    code, out, _ = run_cli("publish", "--partner", "jpcert", env=env)
+    assert code == 0 and "jpcert-originating: batch" in out
+    jwks_file = feed.tmp / "jwks.json"
+    assert run_cli("keys", "export-jwks", "--out", str(jwks_file), env=env)[0] == 0
+    bundle = feed.tmp / "verified.json"
+    code, out, _ = run_cli(
+        "verify",
+        "--url",
+        server.discovery,
+        "--collection",
+        "jpcert-originating",
+        "--user",
+        "jpcert",
+        "--password-file",
+        feed.password_file("jpcert"),
+        "--jwks",
+        str(jwks_file),
+        "--out",
+        str(bundle),
+        env=env,
+    )
+    assert code == 0, out
+    kids = {line.rsplit(" ", 1)[1] for line in out.splitlines() if ": ok," in line}
+    assert len(kids) == 2
+    assert orjson.loads(bundle.read_bytes())["type"] == "bundle"
+
+
+def test_publish_names_an_unknown_partner(feed: Feed, run_cli: Any) -> None:
+    code, _, err = run_cli(
+        "publish", "--partner", "nobody", env={"SPAMPOTS_PARTNERS": str(feed.settings.partners)}
+    )
+    assert code == 2 and "no partner 'nobody'" in err and "twcert" in err
