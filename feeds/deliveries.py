@@ -1,0 +1,334 @@
+"""Sending each partner's weekly digest exactly once per address, and recording it.
+
+One row per (partner, week, address) in ``digest_deliveries``:
+
+- ``pending``: about to be tried; ``failed``: not accepted (down, 4xx or 5xx): tried again by
+  the next run;
+- ``sending``: written (and committed) after the server accepted the recipient and before the
+  message itself is sent. A row left in ``sending`` means the process died, or the connection
+  broke, while the server took the message: it may have been accepted, so it is **not** sent
+  again on its own (staff check the mail log for the Message-ID and use ``--resend``);
+- ``sent``: the server accepted it; its reply and the Message-ID are kept.
+
+A run sends to the addresses not yet ``sent`` (and not ``sending``); ``--resend`` sends to all
+of them again, under a new Message-ID.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parseaddr
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from feeds.digest import Week, build_digest, report_id
+from feeds.errors import SpampotsError, UsageError
+from feeds.mail import compose, new_message_id
+from feeds.partners import Partner, PartnersConfig
+from feeds.settings import Settings
+from feeds.smtp import (
+    SmtpError,
+    SmtpRefusedError,
+    SmtpTemporaryError,
+    SmtpUncertainError,
+    parse_smtp_url,
+    smtp_session,
+)
+from feeds.store import metadata, write_transaction
+
+log = logging.getLogger("spampots.digest")
+MAX_BACKOFF = 900.0
+
+deliveries = sa.Table(
+    "digest_deliveries",
+    metadata,
+    sa.Column("partner_id", sa.String(40), primary_key=True),
+    sa.Column("week", sa.String(8), primary_key=True),
+    sa.Column("address", sa.String(320), primary_key=True),
+    sa.Column("report_id", sa.String(80), nullable=False),
+    sa.Column("message_id", sa.String(255), nullable=False),
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("sends", sa.Integer, nullable=False),
+    sa.Column("intent_at", sa.DateTime(timezone=True)),
+    sa.Column("accepted_at", sa.DateTime(timezone=True)),
+    sa.Column("server_reply", sa.Text),
+    sa.Column("last_error", sa.Text),
+    sa.CheckConstraint("status IN ('pending', 'sending', 'sent', 'failed')", name="status"),
+)
+
+
+class DigestNotSent(SpampotsError):
+    """Some addresses did not get the digest; the others did (see :attr:`outcomes`)."""
+
+    def __init__(self, message: str, *, hint: str, outcomes: list[Outcome]) -> None:
+        super().__init__(message, hint=hint)
+        self.outcomes = outcomes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    address: str
+    status: str  # sent, already-sent, uncertain, failed
+    message_id: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status}: {self.address} {self.message_id} {self.detail}".rstrip()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _mail_domain(mail_from: str) -> str:
+    address = parseaddr(mail_from)[1]
+    return address.rpartition("@")[2] or "localhost"
+
+
+def _update(engine: Engine, partner_id: str, week: Week, address: str, **values: object) -> None:
+    d = deliveries.c
+    with write_transaction(engine) as connection:
+        connection.execute(
+            deliveries.update()
+            .where(d.partner_id == partner_id, d.week == week.label, d.address == address)
+            .values(**values)
+        )
+
+
+def _prepare(
+    engine: Engine,
+    partner: Partner,
+    week: Week,
+    addresses: tuple[str, ...],
+    resend: bool,
+    domain: str,
+) -> tuple[dict[str, str], list[Outcome]]:
+    """Rows for the addresses to send now (address -> Message-ID), and outcomes of the rest."""
+    d = deliveries.c
+    todo: dict[str, str] = {}
+    skipped: list[Outcome] = []
+    fresh_id = new_message_id(report_id(partner.id, week), domain)
+    with write_transaction(engine) as connection:
+        rows = {
+            row.address: row
+            for row in connection.execute(
+                sa.select(deliveries).where(d.partner_id == partner.id, d.week == week.label)
+            )
+        }
+        reusable = next((r.message_id for r in rows.values() if not resend), fresh_id)
+        for address in addresses:
+            row = rows.get(address)
+            if row is not None and not resend and row.status == "sent":
+                skipped.append(
+                    Outcome(
+                        address, "already-sent", row.message_id, f"accepted at {row.accepted_at}"
+                    )
+                )
+                continue
+            if row is not None and not resend and row.status == "sending":
+                skipped.append(
+                    Outcome(
+                        address,
+                        "uncertain",
+                        row.message_id,
+                        f"handed over at {row.intent_at} but no acceptance was recorded: check the "
+                        "mail server's log for this Message-ID; send again with --resend",
+                    )
+                )
+                continue
+            message_id = fresh_id if resend else (row.message_id if row else reusable)
+            todo[address] = message_id
+            values = {
+                "report_id": report_id(partner.id, week),
+                "message_id": message_id,
+                "status": "pending",
+            }
+            if row is None:
+                connection.execute(
+                    deliveries.insert().values(
+                        partner_id=partner.id,
+                        week=week.label,
+                        address=address,
+                        attempts=0,
+                        sends=1,
+                        **values,
+                    )
+                )
+            else:
+                connection.execute(
+                    deliveries.update()
+                    .where(d.partner_id == partner.id, d.week == week.label, d.address == address)
+                    .values(sends=row.sends + (1 if resend else 0), **values)
+                )
+    return todo, skipped
+
+
+def send_digest(
+    engine: Engine,
+    settings: Settings,
+    config: PartnersConfig,
+    partner_id: str,
+    week: Week,
+    *,
+    resend: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Outcome]:
+    """Send the partner's digest for ``week`` to every address in its ``digest.to``.
+
+    Raises :class:`DigestNotSent` (after recording everything) when an address failed.
+    """
+    partner = config.partners.get(partner_id)
+    if partner is None:
+        raise UsageError(
+            f"no partner {partner_id!r} in {config.path}",
+            hint="partners are: " + ", ".join(sorted(config.partners)),
+        )
+    if partner.digest is None or not partner.digest.to:
+        raise UsageError(
+            f"partner {partner_id!r} has no digest addresses",
+            hint=f"add 'digest: {{to: [...]}}' to it in {config.path}",
+        )
+    parse_smtp_url(settings.smtp_url)  # a configuration mistake stops here, before any record
+    domain = _mail_domain(settings.mail_from)
+    todo, outcomes = _prepare(engine, partner, week, partner.digest.to, resend, domain)
+    if not todo:
+        return outcomes
+    digest = build_digest(engine, config, partner_id, week)
+    reply_to = settings.reply_to or config.producer.contact
+    sender = parseaddr(settings.mail_from)[1]
+    payloads: dict[str, bytes] = {}
+    for message_id in set(todo.values()):
+        payloads[message_id] = compose(
+            digest,
+            mail_from=settings.mail_from,
+            reply_to=reply_to,
+            to=list(partner.digest.to),
+            message_id=message_id,
+        ).as_bytes()
+    remaining = dict(todo)
+    last_error: dict[str, str] = {}
+    for attempt in range(1, settings.smtp_retries + 1):
+        try:
+            with smtp_session(settings) as session:
+                for address, message_id in list(remaining.items()):
+                    _record_attempt(engine, partner_id, week, address)
+
+                    def record_intent(address: str = address) -> None:
+                        _update(
+                            engine, partner_id, week, address, status="sending", intent_at=_now()
+                        )
+
+                    try:
+                        reply = session.send(
+                            sender, address, payloads[message_id], before_data=record_intent
+                        )
+                    except SmtpTemporaryError as error:
+                        last_error[address] = str(error)
+                        _update(
+                            engine,
+                            partner_id,
+                            week,
+                            address,
+                            status="failed",
+                            last_error=str(error),
+                        )
+                        continue
+                    except SmtpRefusedError as error:
+                        _update(
+                            engine,
+                            partner_id,
+                            week,
+                            address,
+                            status="failed",
+                            last_error=str(error),
+                        )
+                        outcomes.append(Outcome(address, "failed", message_id, str(error)))
+                        del remaining[address]
+                        continue
+                    except SmtpUncertainError as error:
+                        _update(engine, partner_id, week, address, last_error=str(error))
+                        outcomes.append(Outcome(address, "uncertain", message_id, str(error)))
+                        del remaining[address]
+                        continue
+                    _update(
+                        engine,
+                        partner_id,
+                        week,
+                        address,
+                        status="sent",
+                        accepted_at=_now(),
+                        server_reply=reply,
+                        last_error=None,
+                    )
+                    outcomes.append(Outcome(address, "sent", message_id, reply))
+                    del remaining[address]
+        except SmtpError as error:
+            for address in remaining:
+                last_error[address] = str(error)
+                _update(engine, partner_id, week, address, status="failed", last_error=str(error))
+        if not remaining:
+            break
+        if attempt < settings.smtp_retries:
+            delay = min(settings.smtp_backoff * 2 ** (attempt - 1), MAX_BACKOFF)
+            log.warning(
+                "digest %s for %s: attempt %d of %d failed (%s); next in %.1f s",
+                week.label,
+                partner_id,
+                attempt,
+                settings.smtp_retries,
+                "; ".join(sorted(set(last_error.values()))),
+                delay,
+            )
+            sleep(delay)
+    for address, message_id in remaining.items():
+        outcomes.append(
+            Outcome(address, "failed", message_id, last_error.get(address, "not accepted"))
+        )
+    failed = [o for o in outcomes if o.status in ("failed", "uncertain")]
+    if failed:
+        raise DigestNotSent(
+            f"the {week.label} digest for {partner_id} did not reach "
+            + ", ".join(f"{o.address} ({o.status}: {o.detail})" for o in failed),
+            hint="a later run retries the failed addresses; 'uncertain' ones need --resend",
+            outcomes=outcomes,
+        )
+    return outcomes
+
+
+def write_to_outbox(
+    engine: Engine, settings: Settings, config: PartnersConfig, partner_id: str, week: Week
+) -> Path:
+    """Build the digest and write it as ``<report id>.eml`` in the outbox; nothing is sent."""
+    digest = build_digest(engine, config, partner_id, week)
+    partner = digest.partner
+    message = compose(
+        digest,
+        mail_from=settings.mail_from,
+        reply_to=settings.reply_to or config.producer.contact,
+        to=list(partner.digest.to) if partner.digest else [],
+        message_id=new_message_id(digest.report_id, _mail_domain(settings.mail_from)),
+    )
+    outbox = Path(settings.outbox_dir)
+    outbox.mkdir(parents=True, exist_ok=True)
+    path = outbox / f"{digest.report_id}.eml"
+    temporary = path.with_suffix(".eml.tmp")
+    temporary.write_bytes(message.as_bytes())
+    temporary.replace(path)
+    return path
+
+
+def _record_attempt(engine: Engine, partner_id: str, week: Week, address: str) -> None:
+    d = deliveries.c
+    with write_transaction(engine) as connection:
+        connection.execute(
+            deliveries.update()
+            .where(d.partner_id == partner_id, d.week == week.label, d.address == address)
+            .values(attempts=d.attempts + 1)
+        )

@@ -1,0 +1,448 @@
+"""The weekly digest's figures for one partner and ISO week, read from the daily rollups.
+
+A week runs from Monday 00:00 to the next Monday 00:00 UTC. Both directions ("from your
+networks": originating, "to your networks": returning) count what the partner's feed selects
+(:mod:`feeds.selection`, summed by :mod:`feeds.rollups`) with the definitions of
+``spampots stats``: messages, potential recipients (the envelope recipients), unique source
+IPs and ASNs, and unique URLs; each with the week before for comparison.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from feeds import rollups
+from feeds.errors import UsageError
+from feeds.partners import Partner, PartnersConfig
+from feeds.rollups import ip_days, session_days, url_days, url_domain_days
+from feeds.store.captures import urls
+
+DIRECTION_TITLES = {"originating": "from your networks", "returning": "to your networks"}
+TOP = 10
+_WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
+
+
+@dataclass(frozen=True)
+class Week:
+    """An ISO week: Monday 00:00 to the next Monday 00:00 UTC."""
+
+    year: int
+    number: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.year}-W{self.number:02d}"
+
+    @property
+    def start(self) -> dt.datetime:
+        day = dt.date.fromisocalendar(self.year, self.number, 1)
+        return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+    @property
+    def end(self) -> dt.datetime:
+        return self.start + dt.timedelta(days=7)
+
+    @property
+    def days(self) -> list[str]:
+        return [(self.start + dt.timedelta(days=i)).date().isoformat() for i in range(7)]
+
+    def previous(self) -> Week:
+        return week_of(self.start - dt.timedelta(days=1))
+
+
+def week_of(moment: dt.datetime) -> Week:
+    year, number, _ = moment.astimezone(dt.UTC).isocalendar()
+    return Week(year, number)
+
+
+def last_complete_week(now: dt.datetime | None = None) -> Week:
+    """The newest week that has ended."""
+    now = now or dt.datetime.now(dt.UTC)
+    return week_of(now).previous()
+
+
+def parse_week(text: str) -> Week:
+    match = _WEEK.match(text.strip())
+    if match:
+        try:
+            week = Week(int(match.group(1)), int(match.group(2)))
+            week.start  # noqa: B018  (raises for a week the year does not have)
+            return week
+        except ValueError:
+            pass
+    raise UsageError(
+        f"--week {text!r} is not an ISO week",
+        hint="write YYYY-Www, such as 2026-W48 (weeks start on Monday, UTC)",
+    )
+
+
+def report_id(partner_id: str, week: Week) -> str:
+    """The digest's id: the same for the same partner and week, whenever it is built."""
+    return f"SPAMPOTS-{partner_id.upper()}-{week.label}"
+
+
+@dataclass(frozen=True)
+class Totals:
+    messages: int = 0
+    recipients: int = 0
+    unique_ips: int = 0
+    unique_asns: int = 0
+    unique_urls: int = 0
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One source IP over the week: a row of the per-IP CSV."""
+
+    ip: str
+    asn: int | None
+    as_name: str | None
+    cc: str | None
+    messages: int
+    recipients: int
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    ports: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class UrlRow:
+    url: str
+    host: str
+    domain: str
+    messages: int
+
+
+@dataclass(frozen=True)
+class Ranked:
+    key: str
+    label: str
+    count: int
+
+
+@dataclass(frozen=True)
+class DirectionFigures:
+    direction: str
+    totals: Totals
+    previous: Totals
+    per_day: tuple[int, ...]
+    top_asns: list[Ranked]
+    top_ips: list[Ranked]
+    top_url_domains: list[Ranked]
+    ports: list[Ranked]
+    requests: dict[str, dict[str, int]]
+    sources: list[SourceRow]
+    urls: list[UrlRow]
+
+    @property
+    def title(self) -> str:
+        return DIRECTION_TITLES[self.direction]
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    collection: str
+    batch_id: str
+    objects: int
+    kid: str
+    published_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class PollInfo:
+    collection: str
+    collection_id: str
+    username: str | None
+    last_poll: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Digest:
+    report_id: str
+    partner: Partner
+    producer_name: str
+    producer_contact: str
+    week: Week
+    directions: dict[str, DirectionFigures]
+    batches: list[BatchInfo] = field(default_factory=list)
+    polls: list[PollInfo] = field(default_factory=list)
+
+    @property
+    def has_data(self) -> bool:
+        return any(figures.totals.messages for figures in self.directions.values())
+
+    @property
+    def never_polled(self) -> list[PollInfo]:
+        """The partner's collections it has never read."""
+        return [poll for poll in self.polls if poll.last_poll is None]
+
+    @property
+    def not_polled_this_week(self) -> list[PollInfo]:
+        """The collections it did not read between the week's start and now."""
+        return [
+            poll
+            for poll in self.polls
+            if poll.last_poll is None or poll.last_poll < self.week.start
+        ]
+
+
+def build_digest(
+    engine: Engine,
+    config: PartnersConfig,
+    partner_id: str,
+    week: Week,
+    *,
+    refresh: bool = True,
+) -> Digest:
+    """Every figure of one partner's digest for ``week``."""
+    partner = config.partners.get(partner_id)
+    if partner is None:
+        known = ", ".join(sorted(config.partners)) or "none"
+        raise UsageError(
+            f"no partner {partner_id!r} in {config.path}", hint=f"partners are: {known}"
+        )
+    if refresh:
+        rollups.refresh(engine, config, [partner_id])
+    with engine.connect() as connection:
+        directions = {
+            direction: _direction(connection, partner_id, direction, week)
+            for direction in partner.feeds
+        }
+        batches = _batches(connection, partner, week)
+        polls = _polls(connection, partner)
+    return Digest(
+        report_id=report_id(partner_id, week),
+        partner=partner,
+        producer_name=config.producer.name,
+        producer_contact=config.producer.contact,
+        week=week,
+        directions=directions,
+        batches=batches,
+        polls=polls,
+    )
+
+
+def _in_week(
+    table: sa.Table, partner_id: str, direction: str, week: Week
+) -> sa.ColumnElement[bool]:
+    days = week.days
+    return sa.and_(
+        table.c.partner_id == partner_id,
+        table.c.direction == direction,
+        table.c.day >= days[0],
+        table.c.day <= days[-1],
+    )
+
+
+def _direction(
+    connection: Connection, partner_id: str, direction: str, week: Week
+) -> DirectionFigures:
+    sources = _sources(connection, partner_id, direction, week)
+    url_rows = _urls(connection, partner_id, direction, week)
+    per_day = dict(
+        connection.execute(
+            sa.select(ip_days.c.day, sa.func.sum(ip_days.c.messages))
+            .where(_in_week(ip_days, partner_id, direction, week))
+            .group_by(ip_days.c.day)
+        ).all()
+    )
+    by_asn: dict[int | None, list[Any]] = {}
+    for source in sources:
+        entry = by_asn.setdefault(source.asn, [source.as_name, 0])
+        entry[0] = entry[0] or source.as_name
+        entry[1] += source.messages
+    top_asns = [
+        Ranked(f"AS{asn}" if asn is not None else "unknown AS", name or "", count)
+        for asn, (name, count) in _top(by_asn.items(), key=lambda item: item[1][1])
+    ]
+    top_ips = [
+        Ranked(s.ip, f"AS{s.asn} {s.as_name or ''}".strip() if s.asn else "", s.messages)
+        for s in _top(sources, key=lambda s: s.messages)
+    ]
+    d = url_domain_days.c
+    top_domains = [
+        Ranked(domain, "", int(count))
+        for domain, count in connection.execute(
+            sa.select(d.domain, sa.func.sum(d.messages).label("n"))
+            .where(_in_week(url_domain_days, partner_id, direction, week))
+            .group_by(d.domain)
+            .order_by(sa.desc("n"), d.domain)
+            .limit(TOP)
+        )
+    ]
+    ports, requests = _connections(connection, partner_id, direction, week)
+    return DirectionFigures(
+        direction=direction,
+        totals=_totals(sources, url_rows),
+        previous=_previous_totals(connection, partner_id, direction, week.previous()),
+        per_day=tuple(int(per_day.get(day, 0)) for day in week.days),
+        top_asns=top_asns,
+        top_ips=top_ips,
+        top_url_domains=top_domains,
+        ports=ports,
+        requests=requests,
+        sources=sources,
+        urls=url_rows,
+    )
+
+
+def _top(items: Any, key: Any) -> list[Any]:
+    return sorted(items, key=lambda item: (-key(item), str(item)))[:TOP]
+
+
+def _totals(sources: list[SourceRow], url_rows: list[UrlRow]) -> Totals:
+    return Totals(
+        messages=sum(s.messages for s in sources),
+        recipients=sum(s.recipients for s in sources),
+        unique_ips=len(sources),
+        unique_asns=len({s.asn for s in sources if s.asn is not None}),
+        unique_urls=len(url_rows),
+    )
+
+
+def _previous_totals(connection: Connection, partner_id: str, direction: str, week: Week) -> Totals:
+    i = ip_days.c
+    row = connection.execute(
+        sa.select(
+            sa.func.sum(i.messages),
+            sa.func.sum(i.recipients),
+            sa.func.count(sa.distinct(i.src_ip)),
+            sa.func.count(sa.distinct(i.src_asn)),
+        ).where(_in_week(ip_days, partner_id, direction, week))
+    ).one()
+    unique_urls = connection.execute(
+        sa.select(sa.func.count(sa.distinct(url_days.c.url_id))).where(
+            _in_week(url_days, partner_id, direction, week)
+        )
+    ).scalar()
+    return Totals(
+        int(row[0] or 0), int(row[1] or 0), int(row[2]), int(row[3]), int(unique_urls or 0)
+    )
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def _sources(
+    connection: Connection, partner_id: str, direction: str, week: Week
+) -> list[SourceRow]:
+    i = ip_days.c
+    s = session_days.c
+    ports: dict[str, set[int]] = defaultdict(set)
+    for ip, port in connection.execute(
+        sa.select(s.src_ip, s.listen_port)
+        .where(_in_week(session_days, partner_id, direction, week))
+        .group_by(s.src_ip, s.listen_port)
+    ):
+        ports[ip].add(int(port))
+    rows = connection.execute(
+        sa.select(
+            i.src_ip,
+            sa.func.max(i.src_asn),
+            sa.func.max(i.src_as_name),
+            sa.func.max(i.src_cc),
+            sa.func.sum(i.messages).label("n"),
+            sa.func.sum(i.recipients),
+            sa.func.min(i.first_seen),
+            sa.func.max(i.last_seen),
+        )
+        .where(_in_week(ip_days, partner_id, direction, week))
+        .group_by(i.src_ip)
+        .order_by(sa.desc("n"), i.src_ip)
+    )
+    return [
+        SourceRow(
+            ip=r[0],
+            asn=int(r[1]) if r[1] is not None else None,
+            as_name=r[2],
+            cc=r[3],
+            messages=int(r[4]),
+            recipients=int(r[5]),
+            first_seen=_utc(r[6]),
+            last_seen=_utc(r[7]),
+            ports=tuple(sorted(ports.get(r[0], ()))),
+        )
+        for r in rows
+    ]
+
+
+def _urls(connection: Connection, partner_id: str, direction: str, week: Week) -> list[UrlRow]:
+    u = url_days.c
+    counted = (
+        sa.select(u.url_id, sa.func.sum(u.messages).label("n"))
+        .where(_in_week(url_days, partner_id, direction, week))
+        .group_by(u.url_id)
+        .subquery()
+    )
+    rows = connection.execute(
+        sa.select(urls.c.url, urls.c.host, urls.c.domain, counted.c.n)
+        .join_from(counted, urls, urls.c.id == counted.c.url_id)
+        .order_by(counted.c.n.desc(), urls.c.url)
+    )
+    return [UrlRow(r[0], r[1], r[2], int(r[3])) for r in rows]
+
+
+MODULES = {"socks4": "socks", "socks5": "socks", "smtp-relay": "smtp"}
+REQUEST_KINDS = ("connect_25", "connect_other", "get", "error")
+
+
+def _connections(
+    connection: Connection, partner_id: str, direction: str, week: Week
+) -> tuple[list[Ranked], dict[str, dict[str, int]]]:
+    """Ports abused and requests per module (socks, http, smtp) by type, as ``spampots stats``."""
+    s = session_days.c
+    port_counts: dict[int, int] = defaultdict(int)
+    requests: dict[str, dict[str, int]] = {}
+    for port, service, request, count in connection.execute(
+        sa.select(s.listen_port, s.service, s.request, sa.func.sum(s.sessions))
+        .where(_in_week(session_days, partner_id, direction, week))
+        .group_by(s.listen_port, s.service, s.request)
+    ):
+        port_counts[int(port)] += int(count)
+        module = MODULES.get(service, "http" if service.startswith("http") else service)
+        kinds = requests.setdefault(module, dict.fromkeys((*REQUEST_KINDS, "total"), 0))
+        kinds[request] += int(count)
+        kinds["total"] += int(count)
+    ports = [
+        Ranked(str(port), "", count)
+        for port, count in sorted(port_counts.items(), key=lambda item: (-item[1], item[0]))
+    ]
+    return ports, requests
+
+
+def _polls(connection: Connection, partner: Partner) -> list[PollInfo]:
+    from taxii_server.audit import last_polls
+
+    polled = last_polls(connection)
+    username = partner.taxii.username if partner.taxii else None
+    return [
+        PollInfo(
+            collection=collection.alias,
+            collection_id=collection.id,
+            username=username,
+            last_poll=polled.get((collection.id, username)) if username else None,
+        )
+        for collection in partner.collections
+    ]
+
+
+def _batches(connection: Connection, partner: Partner, week: Week) -> list[BatchInfo]:
+    """The signed batches published to the partner's collections during the week."""
+    from feeds.publish import feed_batches
+
+    b = feed_batches.c
+    aliases = {c.id: c.alias for c in partner.collections}
+    rows = connection.execute(
+        sa.select(b.collection_id, b.batch_id, b.objects, b.kid, b.issued)
+        .where(b.partner_id == partner.id, b.issued >= week.start, b.issued < week.end)
+        .order_by(b.issued, b.batch_id)
+    )
+    return [BatchInfo(aliases.get(r[0], r[0]), r[1], int(r[2]), r[3], _utc(r[4])) for r in rows]

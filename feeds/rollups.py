@@ -1,0 +1,361 @@
+"""Daily rollups per partner and direction: what the weekly digest reads instead of raw messages.
+
+A seed-week holds millions of messages; a digest must be built in seconds. So the messages a
+partner's selection picks (see :mod:`feeds.selection`) are summed per UTC day once, as they are
+ingested: per source IP, per URL, per URL domain, and the connections per source IP, port and
+request type. Each partner keeps a watermark of the message and session ids already summed
+(ids grow in ingest order), so :func:`refresh` only reads what is new. When a partner's networks
+change in partners.yaml its rollups are rebuilt from scratch.
+
+Ingest may call :func:`refresh` after each batch; the digest calls it too, so a digest is never
+built from stale rollups.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from feeds.partners import Partner, PartnersConfig
+from feeds.selection import message_condition
+from feeds.store import metadata, write_transaction
+from feeds.store.captures import message_urls, messages, sessions
+
+DIRECTIONS = ("originating", "returning")
+ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# Message ids summed per transaction: bounds how long a refresh holds SQLite's write lock.
+CHUNK = 250_000
+
+
+def _keys() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("partner_id", sa.String(40), primary_key=True),
+        sa.Column("direction", sa.String(12), primary_key=True),
+        sa.Column("day", sa.String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    ]
+
+
+rollup_state = sa.Table(
+    "digest_rollup_state",
+    metadata,
+    sa.Column("partner_id", sa.String(40), primary_key=True),
+    sa.Column("networks", sa.String(64), nullable=False),
+    sa.Column("messages_done", ID, nullable=False),
+    sa.Column("sessions_done", ID, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+ip_days = sa.Table(
+    "digest_ip_days",
+    metadata,
+    *_keys(),
+    sa.Column("src_ip", sa.String(45), primary_key=True),
+    sa.Column("src_asn", sa.BigInteger),
+    sa.Column("src_as_name", sa.String(255)),
+    sa.Column("src_cc", sa.String(2)),
+    sa.Column("messages", sa.Integer, nullable=False),
+    sa.Column("recipients", sa.BigInteger, nullable=False),
+    sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+)
+url_days = sa.Table(
+    "digest_url_days",
+    metadata,
+    *_keys(),
+    sa.Column("url_id", ID, primary_key=True),
+    sa.Column("messages", sa.Integer, nullable=False),
+)
+url_domain_days = sa.Table(
+    "digest_url_domain_days",
+    metadata,
+    *_keys(),
+    sa.Column("domain", sa.String(255), primary_key=True),
+    sa.Column("messages", sa.Integer, nullable=False),
+)
+session_days = sa.Table(
+    "digest_session_days",
+    metadata,
+    *_keys(),
+    sa.Column("src_ip", sa.String(45), primary_key=True),
+    sa.Column("listen_port", sa.Integer, primary_key=True),
+    sa.Column("service", sa.String(16), primary_key=True),
+    sa.Column("request", sa.String(16), primary_key=True),
+    sa.Column("sessions", sa.Integer, nullable=False),
+)
+ROLLUP_TABLES = (ip_days, url_days, url_domain_days, session_days)
+
+
+@dataclass
+class RefreshReport:
+    messages: int = 0
+    sessions: int = 0
+    rebuilt: list[str] = field(default_factory=list)
+
+
+def networks_fingerprint(partner: Partner) -> str:
+    """Changes whenever what the partner's selection picks may change."""
+    networks = partner.networks
+    text = json.dumps(
+        [
+            partner.economy,
+            sorted(networks.asns),
+            sorted(str(p) for p in networks.prefixes),
+            sorted(networks.domains),
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def session_selection(partner: Partner, direction: str) -> sa.ColumnElement[bool]:
+    """Connections from the partner's networks, or asking for a host under its domains."""
+    s = sessions.c
+    if direction == "originating":
+        clauses: list[sa.ColumnElement[bool]] = [s.src_cc == partner.economy]
+        if partner.networks.asns:
+            clauses.append(s.src_asn.in_(partner.networks.asns))
+        return sa.or_(*clauses)
+    host = sa.func.lower(s.dst_host)
+    domains = partner.networks.domains
+    if not domains:
+        return sa.false()
+    return sa.or_(*[sa.or_(host == d, host.like(f"%.{d}")) for d in domains])
+
+
+def request_kind(result: str, dst_port: int | None) -> str:
+    """The seed's request types: connect to 25/TCP, connect to others, get, errors."""
+    if result == "connect":
+        return "connect_25" if dst_port == 25 else "connect_other"
+    return "get" if result == "get" else "error"
+
+
+def day_of(connection: Connection, column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+    """The UTC day (YYYY-MM-DD) of a timestamp column, in SQL."""
+    if connection.dialect.name == "sqlite":
+        return sa.func.substr(column, 1, 10)  # SQLite keeps UTC as "YYYY-MM-DD HH:MM:SS..."
+    return sa.func.to_char(sa.func.timezone("UTC", column), "YYYY-MM-DD")
+
+
+def refresh(
+    engine: Engine, config: PartnersConfig, partner_ids: Iterable[str] | None = None
+) -> RefreshReport:
+    """Sum what was ingested since the last refresh into each partner's daily rollups."""
+    report = RefreshReport()
+    wanted = list(partner_ids) if partner_ids is not None else list(config.partners)
+    for partner_id in wanted:
+        partner = config.partners[partner_id]
+        if _reset_if_networks_changed(engine, partner):
+            report.rebuilt.append(partner_id)
+        report.messages += _refresh_messages(engine, partner)
+        report.sessions += _refresh_sessions(engine, partner)
+    return report
+
+
+def _reset_if_networks_changed(engine: Engine, partner: Partner) -> bool:
+    fingerprint = networks_fingerprint(partner)
+    with write_transaction(engine) as connection:
+        state = connection.execute(
+            sa.select(rollup_state.c.networks).where(rollup_state.c.partner_id == partner.id)
+        ).first()
+        if state is not None and state.networks == fingerprint:
+            return False
+        for table in ROLLUP_TABLES:
+            connection.execute(table.delete().where(table.c.partner_id == partner.id))
+        connection.execute(rollup_state.delete().where(rollup_state.c.partner_id == partner.id))
+        connection.execute(
+            rollup_state.insert().values(
+                partner_id=partner.id,
+                networks=fingerprint,
+                messages_done=0,
+                sessions_done=0,
+                updated_at=dt.datetime.now(dt.UTC),
+            )
+        )
+        return state is not None
+
+
+def _refresh_messages(engine: Engine, partner: Partner) -> int:
+    done = 0
+    while True:
+        with write_transaction(engine) as connection:
+            low = _watermark(connection, partner.id, "messages_done")
+            newest = connection.execute(sa.select(sa.func.max(messages.c.id))).scalar() or 0
+            if newest <= low:
+                return done
+            high = min(newest, low + CHUNK)
+            for direction in DIRECTIONS:
+                _sum_messages(connection, partner, direction, low, high)
+            _set_watermark(connection, partner.id, "messages_done", high)
+            done += high - low
+
+
+def _refresh_sessions(engine: Engine, partner: Partner) -> int:
+    done = 0
+    while True:
+        with write_transaction(engine) as connection:
+            low = _watermark(connection, partner.id, "sessions_done")
+            newest = connection.execute(sa.select(sa.func.max(sessions.c.id))).scalar() or 0
+            if newest <= low:
+                return done
+            high = min(newest, low + CHUNK)
+            for direction in DIRECTIONS:
+                _sum_sessions(connection, partner, direction, low, high)
+            _set_watermark(connection, partner.id, "sessions_done", high)
+            done += high - low
+
+
+def _watermark(connection: Connection, partner_id: str, column: str) -> int:
+    query = sa.select(rollup_state.c[column]).where(rollup_state.c.partner_id == partner_id)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()  # two refreshes of one partner take turns
+    return int(connection.execute(query).scalar_one())
+
+
+def _set_watermark(connection: Connection, partner_id: str, column: str, value: int) -> None:
+    connection.execute(
+        rollup_state.update()
+        .where(rollup_state.c.partner_id == partner_id)
+        .values({column: value, "updated_at": dt.datetime.now(dt.UTC)})
+    )
+
+
+def _sum_messages(
+    connection: Connection, partner: Partner, direction: str, low: int, high: int
+) -> None:
+    m = messages.c
+    day = day_of(connection, m.ts).label("day")
+    # Exactly the condition publishing uses, so the digest counts what the feed carries.
+    chosen = message_condition(partner, direction, low, high)
+    keys = {"partner_id": partner.id, "direction": direction}
+    per_ip = connection.execute(
+        sa.select(
+            day,
+            m.src_ip,
+            sa.func.max(m.src_asn),
+            sa.func.max(m.src_as_name),
+            sa.func.max(m.src_cc),
+            sa.func.count(),
+            sa.func.sum(m.rcpt_count),
+            sa.func.min(m.ts),
+            sa.func.max(m.ts),
+        )
+        .where(chosen)
+        .group_by(day, m.src_ip)
+    ).all()
+    _upsert(
+        connection,
+        ip_days,
+        [
+            {
+                **keys,
+                "day": r[0],
+                "src_ip": r[1],
+                "src_asn": r[2],
+                "src_as_name": r[3],
+                "src_cc": r[4],
+                "messages": r[5],
+                "recipients": r[6],
+                "first_seen": r[7],
+                "last_seen": r[8],
+            }
+            for r in per_ip
+        ],
+        adds=("messages", "recipients"),
+        earliest=("first_seen",),
+        latest=("last_seen", "src_asn", "src_as_name", "src_cc"),
+    )
+    u = message_urls.c
+    joined = message_urls.join(messages, u.message_id == m.id)
+    per_url = connection.execute(
+        sa.select(day, u.url_id, sa.func.count())
+        .select_from(joined)
+        .where(chosen)
+        .group_by(day, u.url_id)
+    ).all()
+    _upsert(
+        connection,
+        url_days,
+        [{**keys, "day": r[0], "url_id": r[1], "messages": r[2]} for r in per_url],
+        adds=("messages",),
+    )
+    per_domain = connection.execute(
+        sa.select(day, u.domain, sa.func.count(sa.distinct(u.message_id)))
+        .select_from(joined)
+        .where(chosen)
+        .group_by(day, u.domain)
+    ).all()
+    _upsert(
+        connection,
+        url_domain_days,
+        [{**keys, "day": r[0], "domain": r[1], "messages": r[2]} for r in per_domain],
+        adds=("messages",),
+    )
+
+
+def _sum_sessions(
+    connection: Connection, partner: Partner, direction: str, low: int, high: int
+) -> None:
+    s = sessions.c
+    day = day_of(connection, s.ts).label("day")
+    to_25 = sa.case((s.dst_port == 25, 25), else_=0).label("to_25")
+    rows = connection.execute(
+        sa.select(day, s.src_ip, s.listen_port, s.service, s.result, to_25, sa.func.count())
+        .where(s.id > low, s.id <= high, session_selection(partner, direction))
+        .group_by(day, s.src_ip, s.listen_port, s.service, s.result, to_25)
+    ).all()
+    summed: dict[tuple[str, str, int, str, str], int] = {}
+    for r in rows:
+        key = (r[0], r[1], r[2], r[3], request_kind(r[4], r[5]))
+        summed[key] = summed.get(key, 0) + r[6]
+    _upsert(
+        connection,
+        session_days,
+        [
+            {
+                "partner_id": partner.id,
+                "direction": direction,
+                "day": k[0],
+                "src_ip": k[1],
+                "listen_port": k[2],
+                "service": k[3],
+                "request": k[4],
+                "sessions": count,
+            }
+            for k, count in summed.items()
+        ],
+        adds=("sessions",),
+    )
+
+
+def _upsert(
+    connection: Connection,
+    table: sa.Table,
+    rows: Sequence[dict[str, Any]],
+    adds: Sequence[str],
+    earliest: Sequence[str] = (),
+    latest: Sequence[str] = (),
+) -> None:
+    """Insert rows; where a row exists, add the counts and widen first/last seen."""
+    if not rows:
+        return
+    postgres = connection.dialect.name == "postgresql"
+    statement = postgresql.insert(table) if postgres else sqlite.insert(table)
+    new = statement.excluded
+    least, greatest = (sa.func.least, sa.func.greatest) if postgres else (sa.func.min, sa.func.max)
+    updates: dict[str, Any] = {name: table.c[name] + new[name] for name in adds}
+    updates.update({name: least(table.c[name], new[name]) for name in earliest})
+    # Descriptive columns keep the greater value (independent of ingest order); NULL never wins.
+    updates.update(
+        {
+            name: sa.func.coalesce(greatest(table.c[name], new[name]), table.c[name], new[name])
+            for name in latest
+        }
+    )
+    keys = [c.name for c in table.primary_key.columns]
+    connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates), rows)
