@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="processes (default: SPAMPOTS_TAXII_WORKERS)")
     serve.set_defaults(handler=cmd_serve)
     add_publishing_commands(commands)
+    add_ingest_commands(commands)
+    add_digest_commands(commands)
     return parser
 
 
@@ -246,8 +248,133 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if outcome.ok else 1
 
 
+def add_digest_commands(commands: Any) -> None:
+    """digest (issue 6)."""
+    digest = commands.add_parser(
+        "digest",
+        help="build a partner's weekly digest: write it to the outbox, or --send it",
+        description="One ISO week, Monday 00:00 to Monday 00:00 UTC. Without --send the "
+        "message is written to $SPAMPOTS_HOME/outbox/ and its path printed.",
+    )
+    digest.add_argument("--partner", required=True, help="partner id from partners.yaml")
+    digest.add_argument("--week", help="YYYY-Www (default: the last complete week)")
+    digest.add_argument(
+        "--send", action="store_true", help="mail it (SPAMPOTS_SMTP_URL) to digest.to, once"
+    )
+    digest.add_argument(
+        "--resend", action="store_true", help="mail it again even if it was sent (implies --send)"
+    )
+    digest.set_defaults(handler=cmd_digest)
+
+
+def cmd_digest(args: argparse.Namespace, settings: Settings) -> int:
+    from feeds.deliveries import DigestNotSent, send_digest, write_to_outbox
+    from feeds.digest import last_complete_week, parse_week
+    from feeds.home import open_store
+    from feeds.partners import load_partners
+
+    week = parse_week(args.week) if args.week else last_complete_week()
+    config = load_partners(settings.partners)
+    engine = open_store(settings)
+    if not (args.send or args.resend):
+        print(write_to_outbox(engine, settings, config, args.partner, week))
+        return 0
+    try:
+        outcomes = send_digest(engine, settings, config, args.partner, week, resend=args.resend)
+    except DigestNotSent as error:
+        for outcome in error.outcomes:
+            print(outcome.line())
+        raise
+    for outcome in outcomes:
+        print(outcome.line())
+    return 0
+
+
 def one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def add_ingest_commands(commands: Any) -> None:
+    """ingest, quarantine and stats (issue 4)."""
+    ingest = commands.add_parser(
+        "ingest", help="ingest sensor batches: every complete one in the spool, or those named"
+    )
+    ingest.add_argument("paths", nargs="*", metavar="PATH", help="batch files or folders")
+    ingest.add_argument(
+        "--workers", type=int, help="parsing processes (default: SPAMPOTS_INGEST_WORKERS)"
+    )
+    ingest.set_defaults(handler=cmd_ingest)
+    held = commands.add_parser("quarantine", help="records that broke the ingest contract")
+    held_commands = held.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
+    listing = held_commands.add_parser("list", help="held records with batch, line and reason")
+    listing.add_argument("--limit", type=int, default=None)
+    listing.set_defaults(handler=cmd_quarantine_list)
+    retry = held_commands.add_parser("retry", help="run held records through ingest again")
+    retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="only these (default: all)")
+    retry.set_defaults(handler=cmd_quarantine_retry)
+    stats = commands.add_parser("stats", help="the seed's statistics tables from the store")
+    stats.add_argument("--since", help="from this date or RFC 3339 time (inclusive)")
+    stats.add_argument("--until", help="to this date or RFC 3339 time (exclusive)")
+    stats.add_argument("--format", choices=("text", "csv", "json"), default="text")
+    stats.set_defaults(handler=cmd_stats)
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from feeds.ingest import batch_paths, ingest_run
+
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        raise UsageError(f"--workers: got {args.workers}", hint="give 1 to 64")
+    paths = batch_paths(args.paths) if args.paths else None
+    reports = ingest_run(settings, workers=args.workers).run(paths)
+    for report in reports:
+        print(report.line())
+    if not reports:
+        print("no complete batches to ingest")
+    return 1 if any(report.status == "failed" for report in reports) else 0
+
+
+def cmd_quarantine_list(args: argparse.Namespace, settings: Settings) -> int:
+    from feeds.ingest import ingest_run
+    from feeds.quarantine import list_quarantined
+
+    held = list_quarantined(ingest_run(settings, workers=1), limit=args.limit)
+    for record in held:
+        print(f"{record.id}  {record.batch}:{record.line}  {record.reason}")
+        print(f"    {record.record[:300]}")
+    print(f"{len(held)} record(s) held")
+    return 0
+
+
+def cmd_quarantine_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from feeds.ingest import ingest_run
+    from feeds.quarantine import retry_quarantined
+
+    report = retry_quarantined(ingest_run(settings), args.ids)
+    print(
+        f"retried {report.retried}: {report.released} released into the store, "
+        f"{report.still_held} still held"
+    )
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from feeds.home import open_store
+    from feeds.stats import as_names, compute_stats, parse_time, render_csv, render_text
+
+    since = parse_time(args.since, "--since") if args.since else None
+    until = parse_time(args.until, "--until") if args.until else None
+    engine = open_store(settings)
+    stats = compute_stats(engine, since, until)
+    if args.format == "json":
+        print(json.dumps(stats, indent=2))
+    elif args.format == "csv":
+        print(render_csv(stats), end="")
+    else:
+        names = as_names(engine, [row["key"] for row in stats["by_asn"] if row["key"]])
+        print(render_text(stats, names), end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

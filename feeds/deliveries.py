@@ -35,6 +35,7 @@ from feeds.settings import Settings
 from feeds.smtp import (
     SmtpError,
     SmtpRefusedError,
+    SmtpSession,
     SmtpTemporaryError,
     SmtpUncertainError,
     parse_smtp_url,
@@ -198,8 +199,32 @@ def send_digest(
     parse_smtp_url(settings.smtp_url)  # a configuration mistake stops here, before any record
     domain = _mail_domain(settings.mail_from)
     todo, outcomes = _prepare(engine, partner, week, partner.digest.to, resend, domain)
-    if not todo:
-        return outcomes
+    if todo:
+        _deliver(engine, settings, config, partner, week, todo, outcomes, sleep)
+    failed = [o for o in outcomes if o.status in ("failed", "uncertain")]
+    if failed:
+        raise DigestNotSent(
+            f"the {week.label} digest for {partner_id} did not reach "
+            + ", ".join(f"{o.address} ({o.status}: {o.detail})" for o in failed),
+            hint="a later run retries the failed addresses; 'uncertain' ones need --resend",
+            outcomes=outcomes,
+        )
+    return outcomes
+
+
+def _deliver(
+    engine: Engine,
+    settings: Settings,
+    config: PartnersConfig,
+    partner: Partner,
+    week: Week,
+    todo: dict[str, str],
+    outcomes: list[Outcome],
+    sleep: Callable[[float], None],
+) -> None:
+    """Hand the message to the server for each address in ``todo``, retrying with backoff."""
+    assert partner.digest is not None
+    partner_id = partner.id
     digest = build_digest(engine, config, partner_id, week)
     reply_to = settings.reply_to or config.producer.contact
     sender = parseaddr(settings.mail_from)[1]
@@ -218,61 +243,18 @@ def send_digest(
         try:
             with smtp_session(settings) as session:
                 for address, message_id in list(remaining.items()):
-                    _record_attempt(engine, partner_id, week, address)
-
-                    def record_intent(address: str = address) -> None:
-                        _update(
-                            engine, partner_id, week, address, status="sending", intent_at=_now()
-                        )
-
+                    record = _Recorder(engine, partner_id, week, address)
                     try:
-                        reply = session.send(
-                            sender, address, payloads[message_id], before_data=record_intent
-                        )
+                        outcome = _send_one(session, sender, payloads[message_id], record)
                     except SmtpTemporaryError as error:
                         last_error[address] = str(error)
-                        _update(
-                            engine,
-                            partner_id,
-                            week,
-                            address,
-                            status="failed",
-                            last_error=str(error),
-                        )
                         continue
-                    except SmtpRefusedError as error:
-                        _update(
-                            engine,
-                            partner_id,
-                            week,
-                            address,
-                            status="failed",
-                            last_error=str(error),
-                        )
-                        outcomes.append(Outcome(address, "failed", message_id, str(error)))
-                        del remaining[address]
-                        continue
-                    except SmtpUncertainError as error:
-                        _update(engine, partner_id, week, address, last_error=str(error))
-                        outcomes.append(Outcome(address, "uncertain", message_id, str(error)))
-                        del remaining[address]
-                        continue
-                    _update(
-                        engine,
-                        partner_id,
-                        week,
-                        address,
-                        status="sent",
-                        accepted_at=_now(),
-                        server_reply=reply,
-                        last_error=None,
-                    )
-                    outcomes.append(Outcome(address, "sent", message_id, reply))
+                    outcomes.append(Outcome(address, outcome[0], message_id, outcome[1]))
                     del remaining[address]
-        except SmtpError as error:
+        except SmtpError as error:  # could not connect, greet or log in: nothing was sent
             for address in remaining:
                 last_error[address] = str(error)
-                _update(engine, partner_id, week, address, status="failed", last_error=str(error))
+                _Recorder(engine, partner_id, week, address)(status="failed", last_error=str(error))
         if not remaining:
             break
         if attempt < settings.smtp_retries:
@@ -291,15 +273,40 @@ def send_digest(
         outcomes.append(
             Outcome(address, "failed", message_id, last_error.get(address, "not accepted"))
         )
-    failed = [o for o in outcomes if o.status in ("failed", "uncertain")]
-    if failed:
-        raise DigestNotSent(
-            f"the {week.label} digest for {partner_id} did not reach "
-            + ", ".join(f"{o.address} ({o.status}: {o.detail})" for o in failed),
-            hint="a later run retries the failed addresses; 'uncertain' ones need --resend",
-            outcomes=outcomes,
+
+
+class _Recorder:
+    """Updates one address's delivery row, each change in its own committed transaction."""
+
+    def __init__(self, engine: Engine, partner_id: str, week: Week, address: str) -> None:
+        self.engine, self.partner_id, self.week, self.address = engine, partner_id, week, address
+
+    def __call__(self, **values: object) -> None:
+        _update(self.engine, self.partner_id, self.week, self.address, **values)
+
+
+def _send_one(session: SmtpSession, sender: str, data: bytes, record: _Recorder) -> tuple[str, str]:
+    """(status, detail) once the outcome is known; raises SmtpTemporaryError to retry later."""
+    d = deliveries.c
+    record(attempts=d.attempts + 1)
+    try:
+        reply = session.send(
+            sender,
+            record.address,
+            data,
+            before_data=lambda: record(status="sending", intent_at=_now()),
         )
-    return outcomes
+    except SmtpTemporaryError as error:
+        record(status="failed", last_error=str(error))
+        raise
+    except SmtpRefusedError as error:
+        record(status="failed", last_error=str(error))
+        return "failed", str(error)
+    except SmtpUncertainError as error:
+        record(last_error=str(error))  # stays "sending": it may have been accepted
+        return "uncertain", str(error)
+    record(status="sent", accepted_at=_now(), server_reply=reply, last_error=None)
+    return "sent", reply
 
 
 def write_to_outbox(
@@ -322,13 +329,3 @@ def write_to_outbox(
     temporary.write_bytes(message.as_bytes())
     temporary.replace(path)
     return path
-
-
-def _record_attempt(engine: Engine, partner_id: str, week: Week, address: str) -> None:
-    d = deliveries.c
-    with write_transaction(engine) as connection:
-        connection.execute(
-            deliveries.update()
-            .where(d.partner_id == partner_id, d.week == week.label, d.address == address)
-            .values(attempts=d.attempts + 1)
-        )

@@ -30,6 +30,16 @@ def _parse_int(minimum: int, maximum: int | None = None) -> Callable[[str], int]
     return parse
 
 
+def _parse_float(minimum: float, maximum: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if not minimum <= value <= maximum:
+            raise ValueError
+        return value
+
+    return parse
+
+
 def _parse_bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -137,6 +147,26 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("smtp_username", "", "SMTP user name, if the server wants one"),
     Setting("smtp_password", "", "SMTP password", secret=True),
+    Setting(
+        "smtp_ca_file",
+        "",
+        "CA certificates (PEM) that sign the SMTP server's TLS certificate; empty: the system's",
+        "a file path or empty",
+    ),
+    Setting(
+        "smtp_retries",
+        "5",
+        "attempts to hand a digest to the SMTP server before giving up until the next run",
+        "1-100",
+        _parse_int(1, 100),
+    ),
+    Setting(
+        "smtp_backoff",
+        "30",
+        "seconds before the second attempt; doubled for each further one (at most 15 minutes)",
+        "a number of seconds, 0-3600",
+        _parse_float(0, 3600),
+    ),
     Setting("mail_from", "SpamPots feeds <spampots@localhost>", "From: of digests"),
     Setting("reply_to", "", "Reply-To: of digests; empty: the producer's contact"),
     Setting("taxii_host", "127.0.0.1", "address the TAXII server listens on"),
@@ -205,12 +235,27 @@ SETTINGS: tuple[Setting, ...] = (
         **_choice("DEBUG", "INFO", "WARNING", "ERROR"),
     ),
     Setting("log_format", "text", "log lines as text or JSON", **_choice("text", "json")),
-    Setting("metrics_dir", "{home}/metrics", "where every process of this host writes its "
-            "Prometheus samples; /metrics adds them up", "a folder path", Path),
-    Setting("ingest_every", "60", "seconds between the worker's runs of ingest",
-            "5-86400", _parse_int(5, 86400)),
-    Setting("key_max_age_days", "365", "the worker reminds staff to rotate a signing key "
-            "older than this", "30-3650", _parse_int(30, 3650)),
+    Setting(
+        "metrics_dir",
+        "{home}/metrics",
+        "where every process of this host writes its Prometheus samples; /metrics adds them up",
+        "a folder path",
+        Path,
+    ),
+    Setting(
+        "ingest_every",
+        "60",
+        "seconds between the worker's runs of ingest",
+        "5-86400",
+        _parse_int(5, 86400),
+    ),
+    Setting(
+        "key_max_age_days",
+        "365",
+        "the worker reminds staff to rotate a signing key older than this",
+        "30-3650",
+        _parse_int(30, 3650),
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

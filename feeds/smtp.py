@@ -134,6 +134,11 @@ def _setup_error(error: BaseException, settings: Settings, target: SmtpTarget) -
             f"{target} refused the login of {settings.smtp_username!r}: {error.smtp_code}",
             hint="check SPAMPOTS_SMTP_USERNAME and SPAMPOTS_SMTP_PASSWORD(_FILE)",
         )
+    if isinstance(error, smtplib.SMTPNotSupportedError):
+        return ConfigurationError(
+            f"{target} does not offer what is configured: {error}",
+            hint="check SPAMPOTS_SMTP_URL and whether the server wants SPAMPOTS_SMTP_USERNAME",
+        )
     if isinstance(error, ssl.SSLError):
         return ConfigurationError(
             f"TLS with {target} failed: {error.reason or error}",

@@ -111,3 +111,21 @@ def run_cli(
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def taxii(tmp_path: Path, environ: dict[str, str]) -> Iterator[object]:
+    """The real TAXII server on a loopback port over an initialised store (tests/taxii_helpers)."""
+    from taxii_helpers import start_taxii
+
+    with start_taxii(tmp_path, environ) as running:
+        yield running
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[object]:
+    """A real SMTP server (aiosmtpd, no TLS) on a loopback port; see tests/smtp_sink.py."""
+    from smtp_sink import start_smtp_sink
+
+    with start_smtp_sink() as sink:
+        yield sink
