@@ -198,8 +198,7 @@ def check_digest(record: MessageRecord, raw: bytes, where: str) -> None:
         )
 
 
-def _text(data: dict[str, Any], name: str, *, required: bool = True,
-          empty_ok: bool = False) -> Any:
+def _text(data: dict[str, Any], name: str, *, required: bool = True, empty_ok: bool = False) -> Any:
     value = data.get(name)
     if value is None:
         if required:
@@ -224,8 +223,7 @@ def _choice(data: dict[str, Any], name: str, options: frozenset[str]) -> str:
     return str(value)
 
 
-def _integer(data: dict[str, Any], name: str, low: int, high: int, *,
-             required: bool = True) -> Any:
+def _integer(data: dict[str, Any], name: str, low: int, high: int, *, required: bool = True) -> Any:
     value = data.get(name)
     if value is None:
         if required:
@@ -247,9 +245,7 @@ def _address(data: dict[str, Any], name: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        raise RecordError(
-            f"field {name!r}: not an IPv4 or IPv6 address: {value!r:.80}"
-        ) from None
+        raise RecordError(f"field {name!r}: not an IPv4 or IPv6 address: {value!r:.80}") from None
 
 
 def _timestamp(data: dict[str, Any], name: str) -> dt.datetime:
@@ -259,9 +255,7 @@ def _timestamp(data: dict[str, Any], name: str) -> dt.datetime:
     try:
         parsed = dt.datetime.fromisoformat(value.upper())
     except ValueError:
-        raise RecordError(
-            f"field {name!r}: not an RFC 3339 timestamp: {value!r:.80}"
-        ) from None
+        raise RecordError(f"field {name!r}: not an RFC 3339 timestamp: {value!r:.80}") from None
     if parsed.tzinfo is None:
         raise RecordError(f"field {name!r}: RFC 3339 needs 'Z' or an offset: {value!r:.80}")
     return parsed.astimezone(dt.UTC)
@@ -299,7 +293,7 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """``(line number, line)`` of each non-blank line, numbered from 1 as in an editor."""
     opener = gzip.open if path.name.endswith(".gz") else Path.open
     try:
-        with opener(path, "rb") as handle:  # type: ignore[operator]
+        with opener(path, "rb") as handle:
             for number, line in enumerate(handle, start=1):
                 if line.strip():
                     yield number, line.rstrip(b"\r\n")

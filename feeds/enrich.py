@@ -189,9 +189,7 @@ class EnrichmentConfig:
             path = Path(settings.partners)
             if path.is_file():
                 version = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        return cls(
-            str(settings.country_mmdb), str(settings.asn_mmdb), tuple(overrides), version
-        )
+        return cls(str(settings.country_mmdb), str(settings.asn_mmdb), tuple(overrides), version)
 
 
 class Enricher:
@@ -210,8 +208,11 @@ class Enricher:
             (
                 override,
                 [ipaddress.ip_network(prefix) for prefix in override.prefixes],
-                Source("partners", f"partners.yaml networks of {override.partner_id}",
-                       config.partners_version or "unknown"),
+                Source(
+                    "partners",
+                    f"partners.yaml networks of {override.partner_id}",
+                    config.partners_version or "unknown",
+                ),
             )
             for override in config.overrides
         ]
@@ -252,9 +253,9 @@ def ip_key(address: str) -> str:
     return f"{number:032x}"
 
 
-def network_key_range(network: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[
-    str, str
-]:
+def network_key_range(
+    network: str | ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> tuple[str, str]:
     """``(low, high)`` keys, both inclusive, of the addresses of ``network``."""
     net = ipaddress.ip_network(network) if isinstance(network, str) else network
     return ip_key(str(net.network_address)), ip_key(str(net.broadcast_address))

@@ -16,6 +16,7 @@ import datetime as dt
 import gzip
 import hashlib
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from pathlib import Path
@@ -26,23 +27,66 @@ import orjson
 SCHEMA = "spampots-ingest/1"
 
 # Share of spam by source economy (the seed: TW 73.43%, CN 15.80%; the rest spread out).
-SOURCE_MIX = {"TW": 73.43, "CN": 15.80, "US": 2.6, "KR": 1.6, "JP": 1.3, "HK": 1.1, "BR": 0.9,
-              "AU": 0.7, "PL": 0.7, "UY": 0.4, "DE": 0.5, "RU": 0.5, "IN": 0.3, "VN": 0.27}
+SOURCE_MIX = {
+    "TW": 73.43,
+    "CN": 15.80,
+    "US": 2.6,
+    "KR": 1.6,
+    "JP": 1.3,
+    "HK": 1.1,
+    "BR": 0.9,
+    "AU": 0.7,
+    "PL": 0.7,
+    "UY": 0.4,
+    "DE": 0.5,
+    "RU": 0.5,
+    "IN": 0.3,
+    "VN": 0.27,
+}
 # Economies of the mail servers the spam was aimed at.
-TARGET_MIX = {"TW": 18, "JP": 14, "US": 14, "BR": 10, "AU": 8, "PL": 8, "HK": 8, "UY": 5,
-              "CN": 6, "DE": 5, "RU": 4}
-TLD = {"US": "com", "TW": "com.tw", "JP": "co.jp", "AU": "com.au", "UY": "com.uy", "PL": "pl",
-       "HK": "com.hk", "BR": "com.br", "CN": "cn", "DE": "de", "RU": "ru", "KR": "co.kr",
-       "IN": "in", "VN": "vn"}
+TARGET_MIX = {
+    "TW": 18,
+    "JP": 14,
+    "US": 14,
+    "BR": 10,
+    "AU": 8,
+    "PL": 8,
+    "HK": 8,
+    "UY": 5,
+    "CN": 6,
+    "DE": 5,
+    "RU": 4,
+}
+TLD = {
+    "US": "com",
+    "TW": "com.tw",
+    "JP": "co.jp",
+    "AU": "com.au",
+    "UY": "com.uy",
+    "PL": "pl",
+    "HK": "com.hk",
+    "BR": "com.br",
+    "CN": "cn",
+    "DE": "de",
+    "RU": "ru",
+    "KR": "co.kr",
+    "IN": "in",
+    "VN": "vn",
+}
 ASNS_PER_ECONOMY = {"TW": 8, "CN": 6}
 # (port, weight, services): the seed's most abused ports.
-PORTS = [(1080, 37.31, ("socks5", "socks4")), (8080, 34.79, ("http-connect", "http-post")),
-         (80, 9.5, ("http-connect", "http-get")), (3128, 8.4, ("http-connect",)),
-         (6588, 6.0, ("http-connect",)), (25, 4.0, ("smtp-relay",))]
+PORTS = [
+    (1080, 37.31, ("socks5", "socks4")),
+    (8080, 34.79, ("http-connect", "http-post")),
+    (80, 9.5, ("http-connect", "http-connect", "http-get")),
+    (3128, 8.4, ("http-connect",)),
+    (6588, 6.0, ("http-connect",)),
+    (25, 4.0, ("smtp-relay",)),
+]
 # The partners.yaml placeholders: these networks and ASNs belong to partners' economies.
 PARTNER_NETWORKS = [("198.51.100.0/26", "TW", 64500), ("198.51.100.64/26", "JP", 64501)]
 CHARSET_TEXT = {
-    "utf-8": "Oferta imperdível: economize 90% hoje – 限時優惠",
+    "utf-8": "Oferta imperdível: economize 90% hoje - 限時優惠",
     "iso-8859-1": "Promoção exclusiva para você, não perca",
     "big5": "限時優惠 立即購買 最後機會",
     "gb2312": "限时优惠 立即购买 最后机会",
@@ -51,8 +95,18 @@ CHARSET_TEXT = {
     "windows-1251": "Лучшие цены для вас",
     "x-unknown-8bit": "Special offer",  # a charset no codec knows
 }
-SUBJECTS = ["Your account", "Cheap meds", "Replica watches", "Meeting", "Invoice", "Winner",
-            "Re: your order", "Stock alert", "Casino bonus", "Loan approved"]
+SUBJECTS = [
+    "Your account",
+    "Cheap meds",
+    "Replica watches",
+    "Meeting",
+    "Invoice",
+    "Winner",
+    "Re: your order",
+    "Stock alert",
+    "Casino bonus",
+    "Loan approved",
+]
 
 
 @dataclass
@@ -110,16 +164,26 @@ def _plan_networks() -> dict[str, list[_Network]]:
         for n in range(ASNS_PER_ECONOMY.get(cc, 2)):
             asn = 100_000 + index
             first, second = 20 + index // 256, index % 256
-            networks.append(_Network(f"{first}.{second}.0.0/16", cc, asn,
-                                     f"{cc}-NET-{n} Example Telecom", (first << 24) | (second << 16)))
+            networks.append(
+                _Network(
+                    f"{first}.{second}.0.0/16",
+                    cc,
+                    asn,
+                    f"{cc}-NET-{n} Example Telecom",
+                    (first << 24) | (second << 16),
+                )
+            )
             index += 1
-        networks.append(_Network(f"2001:db8:{index:x}::/48", cc, networks[0].asn,
-                                 networks[0].as_name, 0, ipv6=True))
+        networks.append(
+            _Network(
+                f"2001:db8:{index:x}::/48", cc, networks[0].asn, networks[0].as_name, 0, ipv6=True
+            )
+        )
         index += 1
         plan[cc] = networks
     for cidr, cc, asn in PARTNER_NETWORKS:
-        first = [int(part) for part in cidr.split("/")[0].split(".")]
-        base = (first[0] << 24) | (first[1] << 16) | (first[2] << 8) | first[3]
+        octets = [int(part) for part in cidr.split("/")[0].split(".")]
+        base = (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
         plan[cc].append(_Network(cidr, cc, asn, f"PARTNER-{cc} Example", base))
     return plan
 
@@ -139,15 +203,19 @@ def write_mmdbs(folder: Path, layout: str = "maxmind") -> tuple[Path, Path]:
     for networks in _plan_networks().values():
         for network in networks:
             if layout == "maxmind":
-                country.insert_network(IPSet([network.cidr]),
-                                       {"country": {"iso_code": network.cc}})
-                asn_db.insert_network(IPSet([network.cidr]), {
-                    "autonomous_system_number": network.asn,
-                    "autonomous_system_organization": network.as_name})
+                country.insert_network(IPSet([network.cidr]), {"country": {"iso_code": network.cc}})
+                asn_db.insert_network(
+                    IPSet([network.cidr]),
+                    {
+                        "autonomous_system_number": network.asn,
+                        "autonomous_system_organization": network.as_name,
+                    },
+                )
             else:
                 country.insert_network(IPSet([network.cidr]), {"country_code": network.cc})
-                asn_db.insert_network(IPSet([network.cidr]), {
-                    "asn": network.asn, "as_name": network.as_name})
+                asn_db.insert_network(
+                    IPSet([network.cidr]), {"asn": network.asn, "as_name": network.as_name}
+                )
     paths = folder / f"country-{layout}.mmdb", folder / f"asn-{layout}.mmdb"
     country.to_db_file(str(paths[0]))
     asn_db.to_db_file(str(paths[1]))
@@ -190,19 +258,27 @@ class Generator:
         value = network.base + self.random.randint(1, size)
         return ".".join(str((value >> shift) & 255) for shift in (24, 16, 8, 0))
 
-    def _pick(self, mix: dict[str, float]) -> str:
+    def _pick(self, mix: Mapping[str, float]) -> str:
         return self.random.choices(list(mix), weights=list(mix.values()))[0]
 
     # messages -------------------------------------------------------------------------
     def _campaign(self, n: int) -> _Campaign:
         rnd = self.random
         domain = f"promo{n}.example.{rnd.choice(['com', 'net', 'com.br', 'ru', 'cn'])}"
-        urls = [f"http://{rnd.choice(['www.', 'shop.', ''])}spam{n}-{k}.example."
-                f"{rnd.choice(['com', 'co.uk', 'com.tw', 'jp', 'info'])}/{rnd.choice(['buy', 'p', 'r'])}"
-                for k in range(rnd.randint(1, 3))]
-        return _Campaign(rnd.choice(SUBJECTS), domain, rnd.choice(list(CHARSET_TEXT)),
-                         rnd.choice(["plain", "html", "alternative", "alternative", "attachment"]),
-                         urls, static=n % 10 == 0)
+        urls = [
+            f"http://{rnd.choice(['www.', 'shop.', ''])}spam{n}-{k}.example."
+            f"{rnd.choice(['com', 'co.uk', 'com.tw', 'jp', 'info'])}/"
+            f"{rnd.choice(['buy', 'p', 'r'])}"
+            for k in range(rnd.randint(1, 3))
+        ]
+        return _Campaign(
+            rnd.choice(SUBJECTS),
+            domain,
+            rnd.choice(list(CHARSET_TEXT)),
+            rnd.choice(["plain", "html", "alternative", "alternative", "attachment"]),
+            urls,
+            static=n % 10 == 0,
+        )
 
     def _raw(self, campaign_index: int, ts: dt.datetime, rcpt: str) -> tuple[bytes, bool]:
         campaign = self.campaigns[campaign_index]
@@ -220,13 +296,15 @@ class Generator:
     def _compose(self, campaign: _Campaign, ts: dt.datetime, rcpt: str, static: bool) -> bytes:
         rnd = self.random
         token = f"{rnd.getrandbits(48):012x}"
-        urls = [f"{url}?id={token}" if not static and i == 0 else url
-                for i, url in enumerate(campaign.urls)]
+        urls = [
+            f"{url}?id={token}" if not static and i == 0 else url
+            for i, url in enumerate(campaign.urls)
+        ]
         odd = rnd.random()
         message_id = "<>" if odd < 0.01 else f"<{token}@{campaign.sender_domain}>"
         subject = f"=?utf-8?b?{base64.b64encode(campaign.subject.encode()).decode()}?="
         headers = [
-            f"From: \"Sales\" <sales@{campaign.sender_domain}>",
+            f'From: "Sales" <sales@{campaign.sender_domain}>',
             f"To: {rcpt or 'undisclosed-recipients:;'}",
             f"Subject: {subject if odd > 0.5 else campaign.subject}",
             f"Date: {format_datetime(ts)}",
@@ -245,20 +323,27 @@ class Generator:
         codec = "utf-8" if charset == "x-unknown-8bit" else charset
         plain = f"{text}\r\n\r\n" + "\r\n".join(f"Visit {url}" for url in urls)
         plain += f"\r\n\r\nref {token}\r\n" + "Lorem ipsum dolor sit amet. " * 20
-        html_body = (f"<html><body><p>{text}</p>"
-                     + "".join(f'<a href="{url}&amp;s=1">click</a> ' for url in urls)
-                     + "</body></html>")
+        html_body = (
+            f"<html><body><p>{text}</p>"
+            + "".join(f'<a href="{url}&amp;s=1">click</a> ' for url in urls)
+            + "</body></html>"
+        )
         if campaign.kind == "plain":
-            return (f"Content-Type: text/plain; charset={charset}\r\n"
-                    "Content-Transfer-Encoding: 8bit\r\n\r\n").encode() + plain.encode(codec)
+            return (
+                f"Content-Type: text/plain; charset={charset}\r\n"
+                "Content-Transfer-Encoding: 8bit\r\n\r\n"
+            ).encode() + plain.encode(codec)
         if campaign.kind == "html":
             encoded = base64.encodebytes(html_body.encode(codec)).replace(b"\n", b"\r\n")
-            return (f"Content-Type: text/html; charset={charset}\r\n"
-                    "Content-Transfer-Encoding: base64\r\n\r\n").encode() + encoded
+            return (
+                f"Content-Type: text/html; charset={charset}\r\n"
+                "Content-Transfer-Encoding: base64\r\n\r\n"
+            ).encode() + encoded
         boundary = f"=_b{token}"
         parts = [
             f"Content-Type: text/plain; charset={charset}\r\nContent-Transfer-Encoding: 8bit"
-            "\r\n\r\n".encode() + plain.encode(codec),
+            "\r\n\r\n".encode()
+            + plain.encode(codec),
             f"Content-Type: text/html; charset={charset}\r\n"
             "Content-Transfer-Encoding: base64\r\n\r\n".encode()
             + base64.encodebytes(html_body.encode(codec)).replace(b"\n", b"\r\n"),
@@ -266,10 +351,12 @@ class Generator:
         subtype = "alternative"
         if campaign.kind == "attachment":
             subtype = "mixed"
-            parts.append(b"Content-Type: application/zip; name=\"invoice.zip\"\r\n"
-                         b"Content-Transfer-Encoding: base64\r\n\r\n"
-                         + base64.encodebytes(token.encode() * 8))
-        out = f"Content-Type: multipart/{subtype}; boundary=\"{boundary}\"\r\n\r\n".encode()
+            parts.append(
+                b'Content-Type: application/zip; name="invoice.zip"\r\n'
+                b"Content-Transfer-Encoding: base64\r\n\r\n"
+                + base64.encodebytes(token.encode() * 8)
+            )
+        out = f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n\r\n'.encode()
         for part in parts:
             out += f"--{boundary}\r\n".encode() + part + b"\r\n"
         if not broken:  # a broken one never closes its boundary
@@ -277,8 +364,16 @@ class Generator:
         return out
 
     # records --------------------------------------------------------------------------
-    def write(self, spool: Path, messages: int, *, batch_lines: int = 500, gzip_every: int = 3,
-              bad_every: int = 0, inline_every: int = 50) -> tuple[list[Path], Expected]:
+    def write(
+        self,
+        spool: Path,
+        messages: int,
+        *,
+        batch_lines: int = 500,
+        gzip_every: int = 3,
+        bad_every: int = 0,
+        inline_every: int = 50,
+    ) -> tuple[list[Path], Expected]:
         """Write batches with about ``messages`` messages; returns the batches and figures.
 
         ``bad_every``: every so many records, one more that breaks the contract.
@@ -332,9 +427,15 @@ class Generator:
             dst_host = f"mx{rnd.randint(1, 3)}.{domain}"
             session_id = f"s-{session_number:08d}"
             session: dict[str, Any] = {
-                "schema": SCHEMA, "type": "session", "session_id": session_id,
-                "sensor": sensor, "ts": _rfc3339(ts), "src_ip": src_ip,
-                "src_port": rnd.randint(1024, 65535), "service": service, "listen_port": port,
+                "schema": SCHEMA,
+                "type": "session",
+                "session_id": session_id,
+                "sensor": sensor,
+                "ts": _rfc3339(ts),
+                "src_ip": src_ip,
+                "src_port": rnd.randint(1024, 65535),
+                "service": service,
+                "listen_port": port,
                 "result": result,
             }
             if result == "connect":
@@ -347,8 +448,11 @@ class Generator:
             expected.ports[port] += 1
             module = "socks" if service.startswith("socks") else "http"
             if not service.startswith("smtp"):
-                key = {"connect": "connect_25" if dst_port == 25 else "connect_other",
-                       "get": "get", "error": "errors"}[result]
+                key = {
+                    "connect": "connect_25" if dst_port == 25 else "connect_other",
+                    "get": "get",
+                    "error": "errors",
+                }[result]
                 expected.requests[module][key] += 1
             if result != "connect" or dst_port != 25:
                 continue
@@ -356,11 +460,16 @@ class Generator:
             dst_ip = self._address_in(dst_net)
             seen_raw: set[str] = set()
             for _ in range(rnd.choice([1, 1, 2, 3])):
-                count = max(1, min(60, int(rnd.gauss(9.1, 5))))
-                rcpt = [f"user{rnd.randint(1, 99999)}@"
-                        + (domain if rnd.random() < 0.8 else
-                           f"example{rnd.randint(1, 30)}.{TLD[self._pick(TARGET_MIX)]}")
-                        for _ in range(count)]
+                count = max(1, min(60, round(rnd.gauss(9.1, 4))))
+                rcpt = [
+                    f"user{rnd.randint(1, 99999)}@"
+                    + (
+                        domain
+                        if rnd.random() < 0.8
+                        else f"example{rnd.randint(1, 30)}.{TLD[self._pick(TARGET_MIX)]}"
+                    )
+                    for _ in range(count)
+                ]
                 campaign = rnd.randrange(len(self.campaigns))
                 msg_ts = ts + dt.timedelta(seconds=rnd.randint(1, 30))
                 raw, truncated = self._raw(campaign, msg_ts, rcpt[0])
@@ -369,12 +478,21 @@ class Generator:
                     continue
                 seen_raw.add(digest)
                 message: dict[str, Any] = {
-                    "schema": SCHEMA, "type": "message", "session_id": session_id,
-                    "sensor": sensor, "ts": _rfc3339(msg_ts), "src_ip": src_ip,
-                    "dst_host": dst_host, "dst_ip": dst_ip, "dst_port": 25,
-                    "mail_from": "" if rnd.random() < 0.03 else
-                    f"bounce{rnd.randint(1, 999)}@{self.campaigns[campaign].sender_domain}",
-                    "rcpt_to": rcpt, "raw_sha256": digest, "raw_size": len(raw),
+                    "schema": SCHEMA,
+                    "type": "message",
+                    "session_id": session_id,
+                    "sensor": sensor,
+                    "ts": _rfc3339(msg_ts),
+                    "src_ip": src_ip,
+                    "dst_host": dst_host,
+                    "dst_ip": dst_ip,
+                    "dst_port": 25,
+                    "mail_from": ""
+                    if rnd.random() < 0.03
+                    else f"bounce{rnd.randint(1, 999)}@{self.campaigns[campaign].sender_domain}",
+                    "rcpt_to": rcpt,
+                    "raw_sha256": digest,
+                    "raw_size": len(raw),
                 }
                 if truncated:
                     message["truncated"] = True
@@ -438,8 +556,15 @@ def _rfc3339(ts: dt.datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def generate(spool: Path, mmdb_folder: Path, messages: int, *, seed: int = 1,
-             layout: str = "maxmind", **options: Any) -> Generated:
+def generate(
+    spool: Path,
+    mmdb_folder: Path,
+    messages: int,
+    *,
+    seed: int = 1,
+    layout: str = "maxmind",
+    **options: Any,
+) -> Generated:
     """Spool batches, raw messages and .mmdb files; the figures ingest must reproduce."""
     country, asn = write_mmdbs(mmdb_folder, layout)
     generator = Generator(seed, sensors=options.pop("sensors", 3), start=options.pop("start", None))

@@ -20,7 +20,6 @@ import collections
 import concurrent.futures
 import datetime as dt
 import hashlib
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from feeds.batches import (
     read_lines,
     verbatim,
 )
-from feeds.enrich import NO_ANSWER, Answer, EnrichmentConfig, Enricher, SourceIds, ip_key
+from feeds.enrich import NO_ANSWER, Answer, Enricher, EnrichmentConfig, SourceIds, ip_key
 from feeds.errors import UsageError
 from feeds.messages import (
     ParsedMessage,
@@ -92,6 +91,10 @@ class _WorkerState:
     spool_raw: Path
     raw_dir: Path
     parsed: collections.OrderedDict[str, ParsedMessage]
+    # Creating files is slow on some file systems; a thread keeps raw messages while the
+    # process parses (compression and file I/O release the GIL).
+    raw_writer: concurrent.futures.ThreadPoolExecutor
+    raw_writes: list[concurrent.futures.Future[bool]]
 
 
 _state: _WorkerState | None = None
@@ -99,7 +102,16 @@ _state: _WorkerState | None = None
 
 def _init_worker(config: EnrichmentConfig, spool_raw: Path, raw_dir: Path) -> None:
     global _state
-    _state = _WorkerState(Enricher(config), spool_raw, raw_dir, collections.OrderedDict())
+    if _state is not None:
+        _state.raw_writer.shutdown()
+    _state = _WorkerState(
+        Enricher(config),
+        spool_raw,
+        raw_dir,
+        collections.OrderedDict(),
+        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raw-writer"),
+        [],
+    )
 
 
 def prepare_chunk(lines: list[tuple[int, bytes]], last_line: int) -> Prepared:
@@ -115,6 +127,10 @@ def prepare_chunk(lines: list[tuple[int, bytes]], last_line: int) -> Prepared:
                 prepared.messages.append(_message_row(record, number, _state))
         except RecordError as error:
             prepared.rejected.append((number, error.reason, verbatim(line)))
+    # Every raw message of the chunk is kept before its rows can be committed.
+    writes, _state.raw_writes = _state.raw_writes, []
+    for write in writes:
+        write.result()
     return prepared
 
 
@@ -164,7 +180,9 @@ def _parsed(raw: bytes, digest: str, state: _WorkerState) -> ParsedMessage:
 
 def _message_row(record: MessageRecord, line: int, state: _WorkerState) -> PreparedMessage:
     raw = _raw_of(record, state)
-    store_raw(state.raw_dir, record.raw_sha256, raw)
+    state.raw_writes.append(
+        state.raw_writer.submit(store_raw, state.raw_dir, record.raw_sha256, raw)
+    )
     parsed = _parsed(raw, record.raw_sha256, state)
     src = state.enricher.lookup(record.src_ip)
     dst: Answer = state.enricher.lookup(record.dst_ip) if record.dst_ip else NO_ANSWER
@@ -178,8 +196,12 @@ def _message_row(record: MessageRecord, line: int, state: _WorkerState) -> Prepa
     for url in parsed.urls:
         host = url_host(url) or ""
         found_urls.append(
-            (hashlib.sha256(url.encode()).hexdigest(), url, host[:255],
-             registrable_domain(host)[:255])
+            (
+                hashlib.sha256(url.encode()).hexdigest(),
+                url,
+                host[:255],
+                registrable_domain(host)[:255],
+            )
         )
     row = {
         "sensor": record.sensor,
@@ -271,15 +293,19 @@ class _Writer:
         stored = set(
             connection.execute(sa.select(messages.c.id).where(messages.c.id >= first)).scalars()
         )
-        domain_rows = []
+        domain_rows: list[dict[str, Any]] = []
         url_links: list[tuple[int, tuple[str, str, str, str]]] = []
         for i, message in enumerate(prepared):
             message_id = first + i
             if message_id not in stored:
                 continue
             domain_rows.extend(
-                {"message_id": message_id, "domain": domain, "domain_rev": domain_key(domain),
-                 "recipients": count}
+                {
+                    "message_id": message_id,
+                    "domain": domain,
+                    "domain_rev": domain_key(domain),
+                    "recipients": count,
+                }
                 for domain, count in message.domains.items()
             )
             url_links.extend((message_id, url) for url in message.urls)
@@ -306,10 +332,21 @@ class _Writer:
             if url_id is None:
                 url_id = self.url_ids[sha] = next_id
                 next_id += 1
-                new_rows.append({"id": url_id, "sha256": sha, "url": url, "host": host,
-                                 "domain": domain, "first_message_id": message_id})
-            link_rows[(message_id, url_id)] = {"message_id": message_id, "url_id": url_id,
-                                               "domain": domain}
+                new_rows.append(
+                    {
+                        "id": url_id,
+                        "sha256": sha,
+                        "url": url,
+                        "host": host,
+                        "domain": domain,
+                        "first_message_id": message_id,
+                    }
+                )
+            link_rows[(message_id, url_id)] = {
+                "message_id": message_id,
+                "url_id": url_id,
+                "domain": domain,
+            }
         if new_rows:
             connection.execute(urls.insert(), new_rows)
         connection.execute(message_urls.insert(), list(link_rows.values()))
@@ -328,8 +365,9 @@ def _serialised(engine: Engine) -> Any:
             self._context = write_transaction(engine)
             connection = self._context.__enter__()
             if connection.dialect.name == "postgresql":
-                connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
-                                   {"key": _PG_INGEST_LOCK})
+                connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_INGEST_LOCK}
+                )
             return connection
 
         def __exit__(self, *exc: Any) -> Any:
@@ -443,14 +481,25 @@ class IngestRun:
     def _claim(self, name: str, digest: str) -> tuple[int, str, int]:
         with _serialised(self.engine) as connection:
             row = connection.execute(
-                sa.select(ingest_batches.c.id, ingest_batches.c.status,
-                          ingest_batches.c.lines_done).where(ingest_batches.c.digest == digest)
+                sa.select(
+                    ingest_batches.c.id, ingest_batches.c.status, ingest_batches.c.lines_done
+                ).where(ingest_batches.c.digest == digest)
             ).first()
             if row is not None:
                 return int(row.id), str(row.status), int(row.lines_done)
-            connection.execute(ingest_batches.insert().values(
-                digest=digest, name=name, status="running", lines_done=0, records_read=0,
-                accepted=0, quarantined=0, duplicates=0, started_at=_now()))
+            connection.execute(
+                ingest_batches.insert().values(
+                    digest=digest,
+                    name=name,
+                    status="running",
+                    lines_done=0,
+                    records_read=0,
+                    accepted=0,
+                    quarantined=0,
+                    duplicates=0,
+                    started_at=_now(),
+                )
+            )
             batch_id = connection.execute(
                 sa.select(ingest_batches.c.id).where(ingest_batches.c.digest == digest)
             ).scalar_one()
@@ -479,28 +528,45 @@ class IngestRun:
                 counts = writer.store(connection, batch_id, prepared)
                 if prepared.rejected:
                     held_at = _now()
-                    _insert_ignore(connection, quarantine, [
-                        {"batch_id": batch_id, "line": line, "reason": reason, "record": record,
-                         "status": "held", "held_at": held_at}
-                        for line, reason, record in prepared.rejected
-                    ])
+                    _insert_ignore(
+                        connection,
+                        quarantine,
+                        [
+                            {
+                                "batch_id": batch_id,
+                                "line": line,
+                                "reason": reason,
+                                "record": record,
+                                "status": "held",
+                                "held_at": held_at,
+                            }
+                            for line, reason, record in prepared.rejected
+                        ],
+                    )
                 counts.quarantined = len(prepared.rejected)
                 table = ingest_batches
-                connection.execute(table.update().where(table.c.id == batch_id).values(
-                    lines_done=prepared.last_line,
-                    records_read=table.c.records_read + counts.accepted + counts.quarantined,
-                    accepted=table.c.accepted + counts.accepted,
-                    quarantined=table.c.quarantined + counts.quarantined,
-                    duplicates=table.c.duplicates + counts.duplicates,
-                ))
+                connection.execute(
+                    table.update()
+                    .where(table.c.id == batch_id)
+                    .values(
+                        lines_done=prepared.last_line,
+                        records_read=table.c.records_read + counts.accepted + counts.quarantined,
+                        accepted=table.c.accepted + counts.accepted,
+                        quarantined=table.c.quarantined + counts.quarantined,
+                        duplicates=table.c.duplicates + counts.duplicates,
+                    )
+                )
         except BaseException:
             writer.forget()
             raise
 
     def _finish(self, batch_id: int) -> None:
         with _serialised(self.engine) as connection:
-            connection.execute(ingest_batches.update().where(ingest_batches.c.id == batch_id)
-                               .values(status="done", finished_at=_now()))
+            connection.execute(
+                ingest_batches.update()
+                .where(ingest_batches.c.id == batch_id)
+                .values(status="done", finished_at=_now())
+            )
 
     def _fill_counts(self, report: BatchReport, batch_id: int) -> None:
         with self.engine.connect() as connection:
@@ -520,12 +586,13 @@ class IngestRun:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             target = target.with_name(f"{_now():%Y%m%dT%H%M%S%f}-{target.name}")
-        os.replace(path, target)
+        path.replace(target)
 
 
 class _InProcess:
-    def __enter__(self) -> Callable[[Iterable[tuple[list[tuple[int, bytes]], int]]],
-                                    Iterator[Prepared]]:
+    def __enter__(
+        self,
+    ) -> Callable[[Iterable[tuple[list[tuple[int, bytes]], int]]], Iterator[Prepared]]:
         return lambda chunks: (prepare_chunk(lines, last) for lines, last in chunks)
 
     def __exit__(self, *exc: object) -> None:
@@ -539,16 +606,15 @@ class _Pool:
         self.workers = workers
         self.initargs = initargs
 
-    def __enter__(self) -> Callable[[Iterable[tuple[list[tuple[int, bytes]], int]]],
-                                    Iterator[Prepared]]:
+    def __enter__(
+        self,
+    ) -> Callable[[Iterable[tuple[list[tuple[int, bytes]], int]]], Iterator[Prepared]]:
         self.executor = concurrent.futures.ProcessPoolExecutor(
             self.workers, initializer=_init_worker, initargs=self.initargs
         )
         return self._prepare
 
-    def _prepare(
-        self, chunks: Iterable[tuple[list[tuple[int, bytes]], int]]
-    ) -> Iterator[Prepared]:
+    def _prepare(self, chunks: Iterable[tuple[list[tuple[int, bytes]], int]]) -> Iterator[Prepared]:
         pending: collections.deque[concurrent.futures.Future[Prepared]] = collections.deque()
         for lines, last in chunks:
             pending.append(self.executor.submit(prepare_chunk, lines, last))
@@ -573,11 +639,14 @@ def batch_paths(arguments: list[str]) -> list[Path]:
         if path.is_dir():
             paths.extend(find_batches(path))
         elif not path.is_file():
-            raise UsageError(f"no such batch file: {argument}",
-                             hint="give .jsonl or .jsonl.gz files, or a folder of them")
+            raise UsageError(
+                f"no such batch file: {argument}",
+                hint="give .jsonl or .jsonl.gz files, or a folder of them",
+            )
         elif not is_batch_name(path):
-            raise UsageError(f"not a batch file: {argument}",
-                             hint="batches end in .jsonl or .jsonl.gz")
+            raise UsageError(
+                f"not a batch file: {argument}", hint="batches end in .jsonl or .jsonl.gz"
+            )
         else:
             paths.append(path)
     return paths

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import threading
 from pathlib import Path
 
 from feeds.errors import StoreError
@@ -24,12 +25,19 @@ def store_raw(raw_dir: Path, sha256: str, raw: bytes) -> bool:
     path = raw_path(raw_dir, sha256)
     if path.exists():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(gzip.compress(raw, compresslevel=6, mtime=0))
+    folder = str(path.parent)
+    if folder not in _known_folders:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _known_folders.add(folder)
+    temporary = f"{folder}/.{sha256}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(temporary, "wb") as handle:
+        handle.write(gzip.compress(raw, compresslevel=6, mtime=0))
     # The rename makes the file appear whole or not at all, whoever else writes it too.
-    os.replace(temporary, path)
+    Path(temporary).replace(path)
     return True
+
+
+_known_folders: set[str] = set()
 
 
 def read_raw(raw_dir: Path, sha256: str) -> bytes:
@@ -45,5 +53,7 @@ def read_raw(raw_dir: Path, sha256: str) -> bytes:
             hint="check SPAMPOTS_HOME: raw messages live in its raw/ folder",
         ) from None
     except (OSError, EOFError) as error:
-        raise StoreError(f"raw message file {path} is damaged: {error}",
-                         hint="re-ingest the batch that carried it") from None
+        raise StoreError(
+            f"raw message file {path} is damaged: {error}",
+            hint="re-ingest the batch that carried it",
+        ) from None
