@@ -391,7 +391,7 @@ def _urls(connection: Connection, partner_id: str, direction: str, week: Week) -
 
 
 MODULES = {"socks4": "socks", "socks5": "socks", "smtp-relay": "smtp"}
-REQUEST_KINDS = ("connect_25", "connect_other", "get", "error")
+REQUEST_KINDS = ("connect_25", "connect_other", "get", "errors")
 
 
 def _connections(

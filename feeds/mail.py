@@ -19,6 +19,7 @@ import email.policy
 import email.utils
 import html
 import io
+import secrets
 from email.message import EmailMessage
 
 from feeds.chart import messages_per_day_png
@@ -210,7 +211,7 @@ def render_text(digest: Digest) -> str:
                 lines.append(
                     f"  {module:<6} connect to 25/TCP {kinds['connect_25']:,}, "
                     f"connect to other ports {kinds['connect_other']:,}, get {kinds['get']:,}, "
-                    f"errors {kinds['error']:,}, total {kinds['total']:,}"
+                    f"errors {kinds['errors']:,}, total {kinds['total']:,}"
                 )
         else:
             lines.append("Requests by type: none")
@@ -302,7 +303,7 @@ def render_html(digest: Digest, chart_cid: str) -> str:
                     [module]
                     + [
                         f"{kinds[k]:,}"
-                        for k in ("connect_25", "connect_other", "get", "error", "total")
+                        for k in ("connect_25", "connect_other", "get", "errors", "total")
                     ]
                     for module, kinds in _request_rows(figures)
                 ],
@@ -381,4 +382,5 @@ def compose(
 
 
 def new_message_id(report_id: str, domain: str) -> str:
-    return email.utils.make_msgid(idstring=report_id, domain=domain)
+    """Unique per message, short enough that the header is never folded."""
+    return f"<{report_id}.{secrets.token_hex(6)}@{domain}>"

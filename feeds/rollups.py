@@ -132,7 +132,7 @@ def request_kind(result: str, dst_port: int | None) -> str:
     """The seed's request types: connect to 25/TCP, connect to others, get, errors."""
     if result == "connect":
         return "connect_25" if dst_port == 25 else "connect_other"
-    return "get" if result == "get" else "error"
+    return "get" if result == "get" else "errors"
 
 
 def day_of(connection: Connection, column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:

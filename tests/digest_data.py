@@ -331,10 +331,10 @@ def expected(dataset: Dataset, partner: Partner, direction: str, start: dt.datet
         kind = (
             ("connect_25" if s.dst_port == 25 else "connect_other")
             if s.result == "connect"
-            else ("get" if s.result == "get" else "error")
+            else ("get" if s.result == "get" else "errors")
         )
         kinds = requests.setdefault(
-            module, dict.fromkeys(("connect_25", "connect_other", "get", "error", "total"), 0)
+            module, dict.fromkeys(("connect_25", "connect_other", "get", "errors", "total"), 0)
         )
         kinds[kind] += 1
         kinds["total"] += 1

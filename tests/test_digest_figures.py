@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from pathlib import Path
 
+import orjson
 import pytest
+import sqlalchemy as sa
 from digest_data import Dataset, Expected, expected, make_captures, store_captures
 from sqlalchemy.engine import Engine
 
@@ -16,9 +19,10 @@ from feeds.home import engine_for
 from feeds.mail import render_text
 from feeds.partners import Networks, PartnersConfig, load_partners
 from feeds.publish import feed_batches
-from feeds.settings import Settings
+from feeds.settings import Settings, load_settings
 from feeds.store import write_transaction
 from taxii_server.audit import taxii_polls
+from taxii_server.objects import taxii_objects
 
 WEEK = parse_week("2026-W47")
 START = WEEK.start
@@ -200,3 +204,44 @@ def test_weeks() -> None:
     for bad in ("2026-48", "2025-W53", "W48", "2026-W00"):
         with pytest.raises(UsageError, match="is not an ISO week"):
             parse_week(bad)
+
+
+def test_digest_agrees_with_the_published_feed(
+    initialised: Settings, tmp_path: Path, environ: dict[str, str]
+) -> None:
+    from feeds.publish import publish
+
+    # The shipped partners, sharing IPs and URLs (samples need raw messages this data lacks).
+    partners_file = tmp_path / "partners.yaml"
+    partners_file.write_text(
+        Path(environ["SPAMPOTS_PARTNERS"])
+        .read_text()
+        .replace("[ips, urls, samples]", "[ips, urls]")
+    )
+    settings = load_settings({**environ, "SPAMPOTS_PARTNERS": str(partners_file)})
+    engine, config = engine_for(settings.database_url), load_partners(partners_file)
+    dataset = Dataset()
+    make_captures(dataset, 3, START, WEEK.end - dt.timedelta(seconds=1), 300)
+    store_captures(engine, dataset)
+    report = publish(settings, "twcert", now=START + dt.timedelta(days=7, hours=-1))
+    assert report.batches
+    digest = build_digest(engine, config, "twcert", WEEK)
+    assert sorted((b.batch_id, b.objects) for b in digest.batches) == sorted(
+        (b.batch_id, b.objects) for b in report.batches
+    )
+    for collection in config.partners["twcert"].collections:
+        with engine.connect() as connection:
+            bodies = [
+                orjson.loads(body)
+                for (body,) in connection.execute(
+                    sa.select(taxii_objects.c.body).where(
+                        taxii_objects.c.collection_id == collection.id
+                    )
+                )
+            ]
+        figures = digest.directions[collection.feed]
+        published_ips = {o["value"] for o in bodies if o["type"] in ("ipv4-addr", "ipv6-addr")}
+        published_urls = {o["value"] for o in bodies if o["type"] == "url"}
+        assert published_ips == {s.ip for s in figures.sources}
+        assert published_urls == {u.url for u in figures.urls}
+        assert len(published_ips) == figures.totals.unique_ips

@@ -147,7 +147,7 @@ def test_digest_arrives_with_parts_chart_and_csv_equal_to_the_store(
         assert f"Unique source IPs{len(want.ips):>21,}" in section
 
     (row,) = _deliveries(engine)
-    assert row.status == "sent" and row.message_id == message["Message-ID"]
+    assert row.status == "sent" and row.message_id == message["Message-ID"].strip()
     assert row.server_reply.startswith("250")
 
 
@@ -166,7 +166,7 @@ def test_second_run_sends_nothing_and_resend_forces(
     assert first["Message-ID"] != second["Message-ID"]
     assert first["X-SpamPots-Report-ID"] == second["X-SpamPots-Report-ID"]
     (row,) = _deliveries(captured[0])
-    assert row.sends == 2 and row.message_id == second["Message-ID"]
+    assert row.sends == 2 and row.message_id == second["Message-ID"].strip()
 
 
 def test_refusing_server_is_retried_with_backoff_until_it_accepts(
