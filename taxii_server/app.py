@@ -86,7 +86,6 @@ def create_app(settings: Settings) -> Flask:
     backend = StoreBackend(engine, settings, audit, partners.current().producer.contact)
     server = TaxiiServer(settings, engine, partners, Accounts(partners), audit, backend)
     app = Flask("taxii_server")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions[EXTENSION] = server
     # medallion's views find these on the app
     app.medallion_backend = backend  # type: ignore[attr-defined]
@@ -229,20 +228,31 @@ def _objects(server: TaxiiServer, api_root: str, collection_id: str) -> Response
             f"Content-Type {request.headers.get('Content-Type')!r} is not TAXII 2.1 JSON",
             hint=f"send {TAXII_MEDIA_TYPE}",
         )
-    length = request.content_length
-    if length is not None and length > server.settings.max_request_bytes:
-        raise PayloadTooLarge(
-            f"the request body has {length} bytes",
-            hint=f"send at most {server.settings.max_request_bytes} bytes",
-        )
     try:
-        envelope = orjson.loads(request.get_data(cache=False))
+        envelope = orjson.loads(_read_body(server.settings.max_request_bytes))
     except orjson.JSONDecodeError as error:
         raise BadRequest(
             f"the request body is not JSON: {error}", hint="send a TAXII envelope"
         ) from None
     status = backend.add_objects(api_root, collection_id, envelope, request_time)
     return _taxii_response(orjson.dumps(status), status=202)
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed ``limit`` (chunked too)."""
+    too_large = PayloadTooLarge(
+        f"the request body is larger than {limit} bytes", hint="send fewer objects per request"
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := request.stream.read(min(65536, limit + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise too_large
+    return b"".join(chunks)
 
 
 def _object(

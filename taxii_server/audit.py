@@ -50,6 +50,8 @@ class PollAudit:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
         self._thread_pid: int | None = None
 
     def record(self, username: str, collection_id: str, endpoint: str, returned: int) -> None:
@@ -64,10 +66,12 @@ class PollAudit:
             self._queue.append(row)
             if len(self._queue) > MAX_QUEUED:
                 del self._queue[: len(self._queue) - MAX_QUEUED]
-            if self._thread_pid != os.getpid():  # first record in this (possibly forked) process
+            if self._thread_pid != os.getpid() and not self._stopped:
+                # the first record in this process (gunicorn forks workers after loading)
                 self._thread_pid = os.getpid()
-                threading.Thread(target=self._run, name="poll-audit", daemon=True).start()
-                atexit.register(self.flush)
+                self._thread = threading.Thread(target=self._run, name="poll-audit", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
 
     def flush(self) -> int:
         """Write what is queued now; returns how many records were written."""
@@ -86,8 +90,17 @@ class PollAudit:
                 return 0
             return len(rows)
 
+    def close(self) -> None:
+        """Stop the background writer after writing what is queued."""
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None and self._thread_pid == os.getpid():
+            self._thread.join()
+        atexit.unregister(self.close)
+        self.flush()
+
     def _run(self) -> None:
-        while True:
+        while not self._stopped:
             self._wake.wait(self._interval)
             self.flush()
 

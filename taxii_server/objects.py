@@ -358,7 +358,7 @@ class VersionFilter:
 
     all: bool = False
     first: bool = False
-    last: bool = True
+    last: bool = False
     exact: tuple[int, ...] = ()
 
     def clause(self) -> sa.ColumnElement[bool] | None:
@@ -375,7 +375,8 @@ class VersionFilter:
         return sa.or_(*parts)
 
 
-ALL_VERSIONS = VersionFilter(all=True, last=False)
+ALL_VERSIONS = VersionFilter(all=True)
+LATEST = VersionFilter(last=True)  # TAXII's default
 
 
 @dataclass(frozen=True)
@@ -387,7 +388,7 @@ class Query:
     after_us: int | None = None
     ids: tuple[str, ...] = ()
     types: tuple[str, ...] = ()
-    versions: VersionFilter = VersionFilter()
+    versions: VersionFilter = LATEST
     spec_versions: tuple[str, ...] = ()
 
     def where(self) -> list[sa.ColumnElement[bool]]:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 
 from taxii_server.errors import BadRequest
-from taxii_server.objects import ALL_VERSIONS, Query, VersionFilter, parse_timestamp
+from taxii_server.objects import ALL_VERSIONS, LATEST, Query, VersionFilter, parse_timestamp
 
 OBJECTS_FILTERS = frozenset({"id", "type", "version", "spec_version"})
 OBJECT_FILTERS = frozenset({"version", "spec_version"})
@@ -23,7 +23,6 @@ _TOKEN_PREFIX = "after:"  # noqa: S105 (a token's prefix, not a secret)
 _TYPE = re.compile(r"^[a-z0-9][a-z0-9-]{0,249}$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,249}--[0-9a-fA-F-]{36}$")
 _SPEC_VERSION = re.compile(r"^\d\.\d$")
-LATEST = VersionFilter()
 
 
 def encode_next(date_added_us: int) -> str:

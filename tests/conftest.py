@@ -129,3 +129,21 @@ def smtp_sink() -> Iterator[object]:
 
     with start_smtp_sink() as sink:
         yield sink
+
+
+@pytest.fixture
+def generated(initialised: Settings, environ: dict[str, str], tmp_path: Path) -> object:
+    """An initialised store whose spool holds ~300 generated messages (tests/ingest_helpers);
+    ``.settings`` read the generator's .mmdb files, ``.data.expected`` has the figures."""
+    from ingest_helpers import generate_home
+
+    return generate_home(environ, tmp_path, 300, seed=7, bad_every=40)
+
+
+@pytest.fixture
+def ingested(generated: object) -> object:
+    """``generated``, after one clean 'spampots ingest' of its spool."""
+    from feeds.ingest import ingest_run
+
+    ingest_run(generated.settings).run()  # type: ignore[attr-defined]
+    return generated

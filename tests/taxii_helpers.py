@@ -88,6 +88,7 @@ def running_server(settings: Settings) -> Iterator[RunningServer]:
         server.shutdown()
         thread.join()
         server.server_close()
+        app.extensions[EXTENSION].audit.close()
 
 
 def taxii_settings(environ: dict[str, str], partners: Path, **overrides: str) -> Settings:
@@ -122,3 +123,18 @@ def ipv4(number: int) -> dict[str, Any]:
 
 def as_stored(objects: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bytes]]:
     return [(obj, orjson.dumps(obj)) for obj in objects]
+
+
+@contextlib.contextmanager
+def start_taxii(
+    tmp_path: Path, environ: dict[str, str], **overrides: str
+) -> Iterator[RunningServer]:
+    """Partners file, initialised store and the server running over them."""
+    from feeds.home import init_home
+
+    partners = tmp_path / "partners.yaml"
+    partners.write_text(partners_yaml(grants={"jpcert": ["twcert-originating"]}))
+    settings = taxii_settings(environ, partners, **overrides)
+    init_home(settings)
+    with running_server(settings) as running:
+        yield running

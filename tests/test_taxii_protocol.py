@@ -1,0 +1,248 @@
+"""The TAXII 2.1 protocol where medallion gets it wrong: Accept, errors as TAXII JSON, bad
+parameters as 400, 413/415 on POST, status resources; discovery and ``spampots serve``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
+from taxii_helpers import (
+    PASSWORDS,
+    RunningServer,
+    as_stored,
+    indicator,
+    partners_yaml,
+    start_taxii,
+)
+
+from conftest import free_port
+from feeds.partners import COLLECTION_NAMESPACE
+from feeds.store import write_transaction
+from taxii_server.objects import add_objects
+
+TAXII = "application/taxii+json;version=2.1"
+TW_ORIGINATING = str(uuid.uuid5(COLLECTION_NAMESPACE, "twcert/originating"))
+AUTH = ("twcert", PASSWORDS["twcert"])
+PUBLISHER = ("certbr-publisher", PASSWORDS["certbr-publisher"])
+
+
+def test_discovery_and_api_root(taxii: RunningServer) -> None:
+    server = Server(taxii.discovery, user="twcert", password=PASSWORDS["twcert"])
+    assert server.title and server.contact == "cert@example.org"
+    assert [root.url for root in server.api_roots] == [taxii.api_root]
+    assert server.default.url == taxii.api_root
+    root = ApiRoot(taxii.api_root, user="twcert", password=PASSWORDS["twcert"])
+    assert root.versions == [TAXII]
+    assert root.max_content_length == taxii.settings.max_request_bytes
+    response = requests.get(taxii.url + "/nope/", auth=AUTH, headers={"Accept": TAXII}, timeout=30)
+    assert response.status_code == 404 and response.json()["http_status"] == "404"
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/taxii+json",
+        "*/*",
+        "application/*",
+        "text/html, application/taxii+json;q=0.5",
+        None,
+    ],
+)
+def test_unversioned_and_wildcard_accept_are_taxii_2_1(
+    taxii: RunningServer, accept: str | None
+) -> None:
+    headers = {"Accept": accept} if accept else {}
+    session = requests.Session()
+    if accept is None:
+        del session.headers["Accept"]
+    for url in (taxii.discovery, taxii.collection_url(TW_ORIGINATING) + "objects/"):
+        response = session.get(url, auth=AUTH, headers=headers, timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.headers["Content-Type"] == TAXII
+
+
+@pytest.mark.parametrize(
+    "accept", ["application/taxii+json;version=2.0", "text/html", "application/taxii+json;q=0"]
+)
+def test_unacceptable_accept_is_406_json(taxii: RunningServer, accept: str) -> None:
+    response = requests.get(taxii.discovery, auth=AUTH, headers={"Accept": accept}, timeout=30)
+    assert response.status_code == 406
+    assert response.headers["Content-Type"] == TAXII
+    assert response.json()["http_status"] == "406"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "added_after=garbage",
+        "added_after=2026-13-01T00:00:00Z",
+        "limit=0",
+        "limit=-5",
+        "limit=ten",
+        "next=not-a-token",
+        "match[version]=yesterday",
+        "match[type]=Bad!Type",
+        "match[id]=nonsense",
+        "match[spec_version]=latest",
+        "match[colour]=red",
+        "match[type]=",
+    ],
+)
+def test_malformed_parameters_are_400_taxii_json(taxii: RunningServer, query: str) -> None:
+    base = taxii.collection_url(TW_ORIGINATING)
+    for endpoint in ("objects/", "manifest/"):
+        response = requests.get(
+            f"{base}{endpoint}?{query}", auth=AUTH, headers={"Accept": TAXII}, timeout=30
+        )
+        assert response.status_code == 400, (endpoint, query, response.text)
+        assert response.headers["Content-Type"] == TAXII
+        body = response.json()
+        assert body["http_status"] == "400" and body["description"]
+
+
+def test_errors_are_never_html(taxii: RunningServer) -> None:
+    base = taxii.collection_url(TW_ORIGINATING)
+    wrong_method = requests.put(base + "objects/", auth=AUTH, timeout=30)
+    assert wrong_method.status_code == 405
+    assert "GET" in wrong_method.headers["Allow"]
+    for response in (wrong_method, requests.get(taxii.url + "/a/b/c", auth=AUTH, timeout=30)):
+        assert response.headers["Content-Type"] == TAXII
+        assert orjson.loads(response.content)["http_status"] == str(response.status_code)
+    for response in (wrong_method, requests.get(taxii.discovery, timeout=30)):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_post_with_status_then_read_and_delete(taxii: RunningServer) -> None:
+    publisher = Collection(
+        taxii.collection_url(TW_ORIGINATING), user=PUBLISHER[0], password=PUBLISHER[1]
+    )
+    bad = {"type": "indicator", "id": "indicator--not-a-uuid"}
+    status = publisher.add_objects({"objects": [indicator(1), indicator(2), bad]})
+    assert status.status == "complete"
+    assert (status.total_count, status.success_count, status.failure_count) == (3, 2, 1)
+    assert {s["id"] for s in status.successes} == {indicator(1)["id"], indicator(2)["id"]}
+    assert "not a STIX identifier" in status.failures[0]["message"]
+    status.refresh()  # from the store, through the status endpoint
+    assert status.success_count == 2
+    partner = Collection(taxii.collection_url(TW_ORIGINATING), user=AUTH[0], password=AUTH[1])
+    assert [o["id"] for o in partner.get_objects()["objects"]] == [
+        indicator(1)["id"],
+        indicator(2)["id"],
+    ]
+    publisher.delete_object(indicator(1)["id"])
+    assert [o["id"] for o in partner.get_objects()["objects"]] == [indicator(2)["id"]]
+
+
+def test_post_size_and_content_type(
+    taxii: RunningServer, tmp_path: Path, environ: dict[str, str]
+) -> None:
+    url = taxii.collection_url(TW_ORIGINATING) + "objects/"
+    wrong_type = requests.post(
+        url,
+        data=b'{"objects": []}',
+        auth=PUBLISHER,
+        timeout=30,
+        headers={"Accept": TAXII, "Content-Type": "application/json"},
+    )
+    assert wrong_type.status_code == 415 and wrong_type.json()["http_status"] == "415"
+    not_json = requests.post(
+        url,
+        data=b"{objects",
+        auth=PUBLISHER,
+        timeout=30,
+        headers={"Accept": TAXII, "Content-Type": TAXII},
+    )
+    assert not_json.status_code == 400 and not_json.json()["http_status"] == "400"
+    small = tmp_path / "small"
+    small.mkdir()
+    with start_taxii(small, environ, max_request_bytes="4096") as limited:
+        big = orjson.dumps({"objects": [indicator(n) for n in range(20)]})
+        for data in (big, iter([big])):  # with Content-Length, and chunked without it
+            response = requests.post(
+                limited.collection_url(TW_ORIGINATING) + "objects/",
+                data=data,
+                auth=PUBLISHER,
+                timeout=30,
+                headers={"Accept": TAXII, "Content-Type": TAXII},
+            )
+            assert response.status_code == 413
+            assert response.json()["http_status"] == "413"
+
+
+def test_healthz_and_jwks_answer_without_credentials(taxii: RunningServer) -> None:
+    health = requests.get(taxii.url + "/healthz", timeout=30)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    keys = requests.get(taxii.url + "/.well-known/jwks.json", timeout=30).json()["keys"]
+    assert len(keys) == 1 and keys[0]["kty"] == "OKP" and keys[0]["crv"] == "Ed25519"
+
+
+def test_spampots_serve_pages_statelessly_across_workers(
+    tmp_path: Path, environ: dict[str, str], database_url: str
+) -> None:
+    from taxii_helpers import taxii_settings
+
+    from feeds.home import engine_for, init_home
+
+    partners = tmp_path / "partners.yaml"
+    partners.write_text(partners_yaml())
+    settings = taxii_settings(environ, partners)
+    init_home(settings)
+    with write_transaction(engine_for(database_url)) as connection:
+        add_objects(connection, TW_ORIGINATING, as_stored([indicator(n) for n in range(450)]))
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SPAMPOTS_")},
+        **environ,
+        "SPAMPOTS_PARTNERS": str(partners),
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "feeds.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        collection = Collection(
+            f"{url}/feeds/collections/{TW_ORIGINATING}/", user=AUTH[0], password=AUTH[1]
+        )
+        seen = []
+        for envelope in as_pages(collection.get_objects, per_request=40):
+            seen.extend(o["id"] for o in envelope["objects"])
+        assert len(seen) == len(set(seen)) == 450
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0].decode()
+    assert "Booting worker" in output
+
+
+def test_spampots_serve_says_what_is_missing(run_cli: object, tmp_path: Path) -> None:
+    code, _, err = run_cli("serve", "--port", str(free_port()))  # type: ignore[operator]
+    assert code != 0
+    assert "spampots init" in err

@@ -1,0 +1,175 @@
+"""add_objects as the publisher calls it: inside its transaction, all or nothing, dates unique
+and increasing even with writers at the same time; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import threading
+import uuid
+
+import pytest
+import requests
+from taxii_helpers import PASSWORDS, RunningServer, as_stored, indicator, ipv4
+
+from feeds.partners import COLLECTION_NAMESPACE
+from feeds.store import write_transaction
+from taxii_server.errors import InvalidObject
+from taxii_server.objects import (
+    ALL_VERSIONS,
+    VersionFilter,
+    add_objects,
+    delete_versions,
+    format_us,
+    object_counts,
+    to_us,
+)
+
+TAXII = "application/taxii+json;version=2.1"
+TW = str(uuid.uuid5(COLLECTION_NAMESPACE, "twcert/originating"))
+
+
+def _poll(taxii: RunningServer, **params: str) -> requests.Response:
+    return requests.get(
+        taxii.collection_url(TW) + "objects/",
+        params=params,
+        timeout=30,
+        auth=("twcert", PASSWORDS["twcert"]),
+        headers={"Accept": TAXII},
+    )
+
+
+def _ids(response: requests.Response) -> list[str]:
+    return [o["id"] for o in response.json().get("objects", [])]
+
+
+def test_a_batch_is_invisible_until_committed(taxii: RunningServer) -> None:
+    engine = taxii.state.engine
+    with write_transaction(engine) as connection:
+        add_objects(connection, TW, as_stored([indicator(n) for n in range(50)]))
+        assert _ids(_poll(taxii)) == []
+    assert len(_ids(_poll(taxii))) == 50
+    with pytest.raises(RuntimeError), write_transaction(engine) as connection:
+        add_objects(connection, TW, as_stored([indicator(n) for n in range(50, 80)]))
+        raise RuntimeError("the publisher fails before committing its watermark")
+    assert len(_ids(_poll(taxii))) == 50
+    with engine.connect() as connection:
+        assert object_counts(connection) == {TW: 50}
+
+
+def test_dates_are_unique_increasing_utc_microseconds(taxii: RunningServer) -> None:
+    engine = taxii.state.engine
+    dates: list[dt.datetime] = []
+    for start in (0, 300, 600):
+        with write_transaction(engine) as connection:
+            dates += add_objects(
+                connection, TW, as_stored([indicator(n) for n in range(start, start + 300)])
+            )
+    assert all(d.tzinfo is not None and d.utcoffset() == dt.timedelta(0) for d in dates)
+    assert all(a < b for a, b in itertools.pairwise(dates))
+    manifest = requests.get(
+        taxii.collection_url(TW) + "manifest/",
+        timeout=30,
+        auth=("twcert", PASSWORDS["twcert"]),
+        headers={"Accept": TAXII},
+    )
+    assert [m["date_added"] for m in manifest.json()["objects"]] == [
+        format_us(to_us(d)) for d in dates[:1000]
+    ]
+
+
+def test_concurrent_publishers_never_add_behind_a_reader(taxii: RunningServer) -> None:
+    """A reader polling added_after = the last date it saw must get every object exactly once
+    while two writers add batches to the same collection."""
+    engine = taxii.state.engine
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def publish(offset: int) -> None:
+        try:
+            for batch in range(12):
+                first = offset + batch * 40
+                with write_transaction(engine) as connection:
+                    add_objects(
+                        connection, TW, as_stored([indicator(n) for n in range(first, first + 40)])
+                    )
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    writers = [threading.Thread(target=publish, args=(o,)) for o in (0, 100_000)]
+    for writer in writers:
+        writer.start()
+    seen: list[str] = []
+    added_after = "1970-01-01T00:00:00Z"
+
+    def drain() -> None:
+        nonlocal added_after
+        while True:
+            response = _poll(taxii, added_after=added_after, limit="500")
+            seen.extend(_ids(response))
+            if "X-TAXII-Date-Added-Last" in response.headers:
+                added_after = response.headers["X-TAXII-Date-Added-Last"]
+            if not response.json()["more"]:
+                return
+
+    threading.Thread(target=lambda: [w.join() for w in writers] and done.set()).start()
+    while not done.is_set():
+        drain()
+    drain()
+    assert not errors
+    assert len(seen) == len(set(seen)) == 2 * 12 * 40
+
+
+def test_an_invalid_object_writes_nothing(taxii: RunningServer) -> None:
+    bad = indicator(3) | {"modified": "last tuesday"}
+    with (
+        pytest.raises(InvalidObject, match="modified"),
+        write_transaction(taxii.state.engine) as connection,
+    ):
+        add_objects(connection, TW, as_stored([indicator(1), bad]))
+    assert _ids(_poll(taxii)) == []
+    for broken in (
+        {"id": "indicator--1"},
+        {"type": "ipv4-addr", "id": indicator(1)["id"]},
+        ["not", "a", "dict"],
+    ):
+        with pytest.raises(InvalidObject), write_transaction(taxii.state.engine) as connection:
+            add_objects(connection, TW, [(broken, b"{}")])  # type: ignore[list-item]
+
+
+def test_the_same_version_added_again_moves_and_replaces(taxii: RunningServer) -> None:
+    engine = taxii.state.engine
+    with write_transaction(engine) as connection:
+        first = add_objects(connection, TW, as_stored([indicator(1), indicator(2)]))
+        again = add_objects(connection, TW, as_stored([indicator(1) | {"name": "renamed"}]))
+    assert again[0] > first[1]
+    objects = _poll(taxii, **{"match[version]": "all"}).json()["objects"]
+    assert [(o["id"], o["name"]) for o in objects] == [
+        (indicator(2)["id"], "spam source 2"),
+        (indicator(1)["id"], "renamed"),
+    ]
+    with engine.connect() as connection:
+        assert object_counts(connection) == {TW: 2}
+
+
+def test_deleting_versions_keeps_first_and_last_right(taxii: RunningServer) -> None:
+    engine = taxii.state.engine
+    stamps = [f"2026-12-0{day}T10:00:00.000Z" for day in (1, 2, 3)]
+    with write_transaction(engine) as connection:
+        for stamp in stamps:
+            add_objects(connection, TW, as_stored([indicator(9, modified=stamp), ipv4(9)]))
+        assert (
+            delete_versions(connection, TW, indicator(9)["id"], VersionFilter(last=True), ()) == 1
+        )
+        assert (
+            delete_versions(connection, TW, indicator(9)["id"], VersionFilter(first=True), ()) == 1
+        )
+
+    def modified(version: str) -> list[str]:
+        response = _poll(taxii, **{"match[type]": "indicator", "match[version]": version})
+        return [o["modified"] for o in response.json()["objects"]]
+
+    assert modified("first") == modified("last") == modified("all") == stamps[1:2]
+    with write_transaction(engine) as connection:
+        assert delete_versions(connection, TW, indicator(9)["id"], ALL_VERSIONS, ()) == 1
+        assert object_counts(connection) == {TW: 1}
