@@ -249,6 +249,7 @@ class BatchBuilder:
         self.authoring = stix.Authoring(self.producer_id, (stix.TLP_MARKING_IDS[self.partner.tlp],))
         self.sensor_network_id = stix.sensor_network_id(producer)
         self.expiry = dt.timedelta(days=int(self.context.settings.indicator_expiry_days))
+        self.fresh_until = stix.timestamp(self.context.now + self.expiry)
 
     def add(self, obj: stix.StixObject) -> None:
         self.objects[(obj["id"], stix.version_of(obj))] = obj
@@ -361,7 +362,9 @@ class BatchBuilder:
         sha = value_sha256(kind, value)
         issued = self.context.issued
         last = last_seen if last_seen.tzinfo else last_seen.replace(tzinfo=dt.UTC)
-        valid_until = stix.timestamp(max(last, self.context.now) + self.expiry)
+        valid_until = (
+            self.fresh_until if last <= self.context.now else stix.timestamp(last + self.expiry)
+        )
         state = self.states.get(sha)
         if state is None or state.expired:
             generation = state.generation + 1 if state else 0

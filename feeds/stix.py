@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
+import os
 import urllib.parse
 import uuid
 from collections.abc import Sequence
@@ -73,17 +75,30 @@ def dumps(obj: StixObject) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
+def _uuid_text(raw: bytes, version: int) -> str:
+    """RFC 9562 text of 16 bytes with the version and variant set (what uuid.UUID does,
+    without building the object: ids are made for every published object)."""
+    number = int.from_bytes(raw[:16], "big")
+    number = (number & ~(0xC000 << 48 | 0xF000 << 64)) | (0x8000 << 48) | (version << 76)
+    text = f"{number:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _uuid5(namespace: uuid.UUID, name: str) -> str:
+    return _uuid_text(hashlib.sha1(namespace.bytes + name.encode("utf-8")).digest(), 5)  # noqa: S324
+
+
 def sco_id(object_type: str, contributing: StixObject) -> str:
     name = orjson.dumps(contributing, option=orjson.OPT_SORT_KEYS).decode("utf-8")
-    return f"{object_type}--{uuid.uuid5(STIX_NAMESPACE, name)}"
+    return f"{object_type}--{_uuid5(STIX_NAMESPACE, name)}"
 
 
 def feed_id(object_type: str, *parts: str) -> str:
-    return f"{object_type}--{uuid.uuid5(FEED_NAMESPACE, '/'.join(parts))}"
+    return f"{object_type}--{_uuid5(FEED_NAMESPACE, '/'.join(parts))}"
 
 
 def random_id(object_type: str) -> str:
-    return f"{object_type}--{uuid.uuid4()}"
+    return f"{object_type}--{_uuid_text(os.urandom(16), 4)}"
 
 
 @dataclass(frozen=True)
@@ -216,6 +231,7 @@ def ip_address(value: str, as_id: str | None) -> StixObject:
 _URI_SAFE = "!#$&'()*+,/:;=?@[]~%"
 
 
+@functools.lru_cache(maxsize=65536)
 def uri(value: str) -> str:
     """A URL as spam writes it, percent-encoded where RFC 3986 allows no raw character
     (white space, controls, non-ASCII, backslashes): the ``url`` SCO's value must be a URI."""

@@ -39,8 +39,9 @@ def upgrade() -> None:
         sa.Column("valid_until", sa.String(24), nullable=False),
         sa.Column("expired", sa.Boolean, nullable=False),
     )
-    op.create_index("ix_feed_indicators_expiry", "feed_indicators",
-                    ["collection_id", "expired", "valid_until"])
+    op.create_index(
+        "ix_feed_indicators_expiry", "feed_indicators", ["collection_id", "expired", "valid_until"]
+    )
     op.create_table(
         "feed_batches",
         sa.Column("batch_id", sa.String(36), primary_key=True),
@@ -57,8 +58,9 @@ def upgrade() -> None:
         sa.Column("issued", sa.DateTime(timezone=True), nullable=False),
         sa.Column("manifest_sha256", sa.String(64), nullable=False),
     )
-    op.create_index("ix_feed_batches_collection_issued", "feed_batches",
-                    ["collection_id", "issued"])
+    op.create_index(
+        "ix_feed_batches_collection_issued", "feed_batches", ["collection_id", "issued"]
+    )
     op.create_table(
         "feed_object_versions",
         sa.Column("object_id", sa.String(100), primary_key=True),
@@ -68,6 +70,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("feed_object_versions", "feed_batches", "feed_indicators",
-                  "feed_watermarks"):
+    for table in ("feed_object_versions", "feed_batches", "feed_indicators", "feed_watermarks"):
         op.drop_table(table)
