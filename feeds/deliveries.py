@@ -27,7 +27,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from feeds.digest import Week, build_digest, report_id
+from feeds.digest import Week, build_digest, last_complete_week, report_id
 from feeds.errors import SpampotsError, UsageError
 from feeds.mail import compose, new_message_id
 from feeds.partners import Partner, PartnersConfig
@@ -307,6 +307,21 @@ def _send_one(session: SmtpSession, sender: str, data: bytes, record: _Recorder)
         return "uncertain", str(error)
     record(status="sent", accepted_at=_now(), server_reply=reply, last_error=None)
     return "sent", reply
+
+
+def weekly_digest(
+    engine: Engine,
+    settings: Settings,
+    config: PartnersConfig,
+    partner_id: str,
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """What the worker's weekly job for a partner runs: the last complete week's digest, sent
+    once (or written to the outbox when no SMTP server is configured). Lines for the log."""
+    week = last_complete_week(now)
+    if not settings.smtp_url:
+        return [f"written to {write_to_outbox(engine, settings, config, partner_id, week)}"]
+    return [outcome.line() for outcome in send_digest(engine, settings, config, partner_id, week)]
 
 
 def write_to_outbox(

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from conftest import free_port
 from feeds import deliveries
-from feeds.deliveries import send_digest
+from feeds.deliveries import send_digest, weekly_digest
 from feeds.digest import parse_week
 from feeds.home import engine_for
 from feeds.partners import PartnersConfig, load_partners
@@ -294,3 +294,23 @@ def test_tls_and_login(
         )
         assert code == 2 and "TLS with" in err and "SPAMPOTS_SMTP_CA_FILE" in err
         assert len(sink.received) == 1
+
+
+def test_weekly_job_mails_the_last_complete_week_once(
+    captured: tuple[Engine, PartnersConfig, Dataset],
+    environ: dict[str, str],
+    smtp_sink: SmtpSink,
+) -> None:
+    engine, config, _ = captured
+    monday_morning = WEEK.end + dt.timedelta(hours=9)
+    settings = load_settings({**environ, **_mail_env(smtp_sink)})
+    assert weekly_digest(engine, settings, config, "twcert", monday_morning)[0].startswith("sent:")
+    assert weekly_digest(engine, settings, config, "twcert", monday_morning)[0].startswith(
+        "already-sent:"
+    )
+    (arrived,) = smtp_sink.received
+    assert WEEK.label in arrived.parsed()["Subject"]
+    # With no SMTP server configured the job writes the digest to the outbox instead.
+    (line,) = weekly_digest(engine, load_settings(environ), config, "jpcert", monday_morning)
+    written = Path(line.removeprefix("written to "))
+    assert written.name == f"SPAMPOTS-JPCERT-{WEEK.label}.eml" and written.is_file()
