@@ -96,20 +96,23 @@ def sanitize(raw: bytes, recipients: Sequence[str], scrubber: SampleScrubber) ->
     hidden = [
         r for r in dict.fromkeys(r.strip() for r in recipients) if r and not scrubber.keeps(r)
     ]
-    recipient_patterns = [
+    # Longest first, so that one address is never half-replaced as the tail of another.
+    alternatives = b"|".join(
+        re.escape(r.encode("utf-8")) for r in sorted(hidden, key=len, reverse=True)
+    )
+    recipients_pattern = (
         re.compile(
-            rb"(?<![A-Za-z0-9.!#$%&'*+/=?^_`{|}~-])"
-            + re.escape(r.encode("utf-8"))
-            + rb"(?![A-Za-z0-9-])",
+            rb"(?<![A-Za-z0-9.!#$%&'*+/=?^_`{|}~-])(?:" + alternatives + rb")(?![A-Za-z0-9-])",
             re.IGNORECASE,
         )
-        for r in hidden
-    ]
+        if hidden
+        else None
+    )
 
     def scrub_text(data: bytes) -> bytes:
         data = scrubber.scrub_sensors(data)
-        for pattern in recipient_patterns:
-            data = pattern.sub(REDACTED_RECIPIENT, data)
+        if recipients_pattern is not None:
+            data = recipients_pattern.sub(REDACTED_RECIPIENT, data)
         return data
 
     data = _scrub_encoded_parts(raw, scrub_text)

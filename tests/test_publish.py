@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import email
+import email.policy
+import email.utils
+import hashlib
 import ipaddress
 from collections import Counter
 from collections.abc import Iterator
@@ -86,7 +91,7 @@ def feed(tmp_path: Path, environ: dict[str, str]) -> Feed:
             "SPAMPOTS_COUNTRY_MMDB": str(generated.country_mmdb),
             "SPAMPOTS_ASN_MMDB": str(generated.asn_mmdb),
             "SPAMPOTS_BATCH_OBJECTS": "200",
-            "SPAMPOTS_SAMPLES_PER_PUBLISH": "5",
+            "SPAMPOTS_SAMPLES_PER_PUBLISH": "60",
         }
     )
     init_home(settings)
@@ -145,6 +150,14 @@ def test_a_partner_polls_and_verifies_every_batch(feed: Feed, server: RunningSer
     assert indicator_addresses(bundle["objects"]) == tw_addresses(feed)
     kinds = Counter(obj["type"] for obj in bundle["objects"])
     assert kinds["artifact"] and kinds["email-message"] and kinds["url"]
+    shown: set[str] = set()
+    for artifact in (o for o in bundle["objects"] if o["type"] == "artifact"):
+        payload = base64.b64decode(artifact["payload_bin"])
+        assert hashlib.sha256(payload).hexdigest() == artifact["hashes"]["SHA-256"]
+        sample = email.message_from_bytes(payload, policy=email.policy.compat32)
+        shown |= {address for _, address in email.utils.getaddresses(sample.get_all("To", []))}
+    # Recipients are not TW's own (a partner may keep those only with keep_own_recipients).
+    assert "recipient@redacted.invalid" in shown and shown <= {"recipient@redacted.invalid", ""}
     # Every source address published once: one observed-data per address.
     assert kinds["observed-data"] == len(tw_addresses(feed))
 
@@ -336,3 +349,38 @@ def test_publish_names_an_unknown_partner(feed: Feed, run_cli: Any) -> None:
         "publish", "--partner", "nobody", env={"SPAMPOTS_PARTNERS": str(feed.settings.partners)}
     )
     assert code == 2 and "no partner 'nobody'" in err and "twcert" in err
+
+
+def test_a_concurrent_run_is_refused_not_duplicated(
+    feed: Feed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_plan = publish_module.plan_units
+
+    def plan_then_another_run_commits(
+        connection: Any, partner: Any, collection: Any, *args: Any
+    ) -> Any:
+        units = real_plan(connection, partner, collection, *args)
+        other = sa.create_engine(feed.settings.database_url)
+        with other.begin() as writer:
+            writer.execute(
+                feed_watermarks.insert().values(
+                    collection_id=collection.id, last_message_id=1, updated_at=NOW
+                )
+            )
+        other.dispose()
+        return units
+
+    monkeypatch.setattr(publish_module, "plan_units", plan_then_another_run_commits)
+    with pytest.raises(publish_module.PublishConflict, match="published by another run"):
+        publish(feed.settings, partner_id="jpcert", now=NOW)
+    engine = engine_for(feed.settings.database_url)
+    with engine.connect() as connection:
+        assert (
+            connection.execute(sa.select(sa.func.count()).select_from(feed_batches)).scalar() == 0
+        )
+
+
+def test_batches_stay_within_the_bound(feed: Feed) -> None:
+    report = publish(feed.settings, partner_id="twcert", now=NOW)
+    assert len(report.batches) > 2
+    assert max(batch.objects for batch in report.batches) <= 200
