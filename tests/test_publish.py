@@ -384,3 +384,25 @@ def test_batches_stay_within_the_bound(feed: Feed) -> None:
     report = publish(feed.settings, partner_id="twcert", now=NOW)
     assert len(report.batches) > 2
     assert max(batch.objects for batch in report.batches) <= 200
+
+
+def test_verify_says_when_the_password_is_wrong(
+    feed: Feed, server: RunningServer, run_cli: Any
+) -> None:
+    wrong = feed.tmp / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    code, _, err = run_cli(
+        "verify",
+        "--url",
+        server.discovery,
+        "--collection",
+        "twcert-originating",
+        "--user",
+        "twcert",
+        "--password-file",
+        str(wrong),
+        "--jwks",
+        f"{server.url}/.well-known/jwks.json",
+    )
+    assert code == 1
+    assert "HTTP 401" in err and "password" in err and "Traceback" not in err
