@@ -20,6 +20,7 @@ import email.utils
 import html
 import io
 import secrets
+import textwrap
 from email.message import EmailMessage
 
 from feeds.chart import messages_per_day_png
@@ -55,6 +56,14 @@ SOURCE_CSV_HEADER = (
 )
 URL_CSV_HEADER = ("timestamp", "url", "host", "domain", "messages")
 SLUGS = {"originating": "from-your-networks", "returning": "to-your-networks"}
+MEANING = {
+    "originating": "Spam the SpamPots sensors caught from addresses in your networks (your "
+    "economy by the enrichment, plus the ASNs and prefixes listed for you). Ports and requests: "
+    "the connections from those addresses.",
+    "returning": "Spam aimed at your networks: at mail servers in them or under your domains, or "
+    "at recipients under your domains. Sources are the spammers' addresses. Ports and requests: "
+    "the connections that asked for a host under your domains.",
+}
 
 
 def subject(digest: Digest) -> str:
@@ -189,7 +198,11 @@ def render_text(digest: Digest) -> str:
             "",
         ]
     for figures in digest.directions.values():
-        lines += [f"== {figures.title.capitalize()} ==", ""]
+        lines += [
+            f"== {figures.title.capitalize()} ==",
+            *textwrap.wrap(MEANING[figures.direction], 96),
+            "",
+        ]
         lines.append(f"{'':<24}{'this week':>14}{'week before':>14}{'change':>10}")
         for label, now, before, delta in _totals_rows(figures.totals, figures.previous):
             lines.append(f"{label:<24}{now:>14,}{before:>14,}{delta:>10}")
@@ -269,6 +282,7 @@ def render_html(digest: Digest, chart_cid: str) -> str:
     )
     for figures in digest.directions.values():
         parts.append(f"<h2>{e(figures.title.capitalize())}</h2>")
+        parts.append(f"<p>{e(MEANING[figures.direction])}</p>")
         parts.append(
             _table(
                 ["", "this week", "week before", "change"],

@@ -158,6 +158,13 @@ def refresh(
 
 
 def _reset_if_networks_changed(engine: Engine, partner: Partner) -> bool:
+    try:
+        return _reset(engine, partner)
+    except sa.exc.IntegrityError:  # another process started this partner's rollups just now
+        return _reset(engine, partner)
+
+
+def _reset(engine: Engine, partner: Partner) -> bool:
     fingerprint = networks_fingerprint(partner)
     with write_transaction(engine) as connection:
         state = connection.execute(
