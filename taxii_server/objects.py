@@ -33,8 +33,8 @@ _ID = re.compile(
 _TIMESTAMP = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,12}))?([Zz]|[+-]\d{2}:\d{2})$"
 )
-# Keeps the list of bound ids of one IN (...) well under SQLite's limit on host parameters.
-_ID_CHUNK = 500
+# Ids bound in one IN (...): few queries per batch, well under SQLite's limit of 32,766.
+_ID_CHUNK = 5000
 
 RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
