@@ -210,7 +210,7 @@ def build_digest(
         )
     if refresh:
         rollups.refresh(engine, config, [partner_id])
-    with engine.connect() as connection:
+    with _snapshot(engine) as connection:
         directions = {
             direction: _direction(connection, partner_id, direction, week)
             for direction in partner.feeds
@@ -227,6 +227,14 @@ def build_digest(
         batches=batches,
         polls=polls,
     )
+
+
+def _snapshot(engine: Engine) -> Connection:
+    """A connection whose reads all see one state of the store, so every figure agrees."""
+    connection = engine.connect()
+    if engine.dialect.name == "postgresql":
+        connection = connection.execution_options(isolation_level="REPEATABLE READ")
+    return connection  # SQLite: a read transaction in WAL mode is a snapshot already
 
 
 def _in_week(
