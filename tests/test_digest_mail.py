@@ -314,3 +314,16 @@ def test_weekly_job_mails_the_last_complete_week_once(
     (line,) = weekly_digest(engine, load_settings(environ), config, "jpcert", monday_morning)
     written = Path(line.removeprefix("written to "))
     assert written.name == f"SPAMPOTS-JPCERT-{WEEK.label}.eml" and written.is_file()
+
+
+def test_mistakes_on_the_command_line_are_one_line(
+    captured: tuple[Engine, PartnersConfig, Dataset], run_cli: RunCli
+) -> None:
+    code, _, err = run_cli("digest", "--partner", "nope", "--week", WEEK.label)
+    assert code == 2 and err.startswith("spampots: error: no partner 'nope'")
+    assert "partners are: auscert, certpl" in err
+    code, _, err = run_cli("digest", "--partner", "twcert", "--week", "2026-W60")
+    assert code == 2 and "is not an ISO week" in err and "YYYY-Www" in err
+    code, _, err = run_cli("digest", "--partner", "twcert", "--week", WEEK.label, "--send")
+    assert code == 2 and "no SMTP server is configured" in err
+    assert len(err.strip().splitlines()) == 1
