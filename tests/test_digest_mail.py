@@ -327,3 +327,35 @@ def test_mistakes_on_the_command_line_are_one_line(
     code, _, err = run_cli("digest", "--partner", "twcert", "--week", WEEK.label, "--send")
     assert code == 2 and "no SMTP server is configured" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_every_address_gets_it_once_even_when_one_is_refused(
+    captured: tuple[Engine, PartnersConfig, Dataset],
+    run_cli: RunCli,
+    smtp_sink: SmtpSink,
+    environ: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    partners = tmp_path / "two-addresses.yaml"
+    shipped = Path(environ["SPAMPOTS_PARTNERS"]).read_text()
+    partners.write_text(
+        shipped.replace("to: [twcert@example.org]", "to: [twcert@example.org, soc@example.tw]")
+    )
+    env = {**_mail_env(smtp_sink), "SPAMPOTS_PARTNERS": str(partners)}
+    argv = ("digest", "--partner", "twcert", "--week", WEEK.label, "--send")
+    smtp_sink.refuse_next(1, "550 5.1.1 No such mailbox")  # the first address is refused
+    code, out, _ = run_cli(*argv, env=env)
+    assert code == 1
+    assert [line.split()[:2] for line in out.splitlines()] == [
+        ["failed:", "twcert@example.org"],
+        ["sent:", "soc@example.tw"],
+    ]
+    assert [r.rcpt_tos for r in smtp_sink.received] == [["soc@example.tw"]]
+    code, out, _ = run_cli(*argv, env=env)
+    assert code == 0
+    assert sorted(line.split()[0] for line in out.splitlines()) == ["already-sent:", "sent:"]
+    assert [r.rcpt_tos for r in smtp_sink.received] == [["soc@example.tw"], ["twcert@example.org"]]
+    # Both got the same message: one Message-ID, both addresses in To:.
+    first, second = (r.parsed() for r in smtp_sink.received)
+    assert first["Message-ID"] == second["Message-ID"]
+    assert first["To"] == "twcert@example.org, soc@example.tw"
