@@ -664,4 +664,5 @@ def ingest_run(settings: Any, workers: int | None = None) -> IngestRun:
         raw_dir=Path(settings.raw_dir),
         enrichment=EnrichmentConfig.from_settings(settings, partners),
         workers=workers or settings.ingest_workers,
+        chunk_lines=settings.ingest_chunk_lines,
     )

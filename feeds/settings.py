@@ -229,6 +229,13 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_int(1, 64),
     ),
     Setting(
+        "ingest_chunk_lines",
+        "1000",
+        "batch lines written per ingest transaction",
+        "10-100000",
+        _parse_int(10, 100_000),
+    ),
+    Setting(
         "log_level",
         "INFO",
         "how much the service logs",
