@@ -211,6 +211,14 @@ def build_digest(
     if refresh:
         rollups.refresh(engine, config, [partner_id])
     with _snapshot(engine) as connection:
+        covered = rollups.covers_from(connection, partner_id)
+        if covered is not None and week.previous().days[0] < covered:
+            raise UsageError(
+                f"the rollups of {partner_id} cover {covered} onwards; {week.label} and the "
+                "week before it are not all covered",
+                hint=f"ask for {_first_covered_week(covered).label} or later: rollups are "
+                "rebuilt over the newest 70 days when a partner's networks change",
+            )
         directions = {
             direction: _direction(connection, partner_id, direction, week)
             for direction in partner.feeds
@@ -227,6 +235,14 @@ def build_digest(
         batches=batches,
         polls=polls,
     )
+
+
+def _first_covered_week(covered: str) -> Week:
+    """The first week whose digest (with the week before it) the rollups cover."""
+    week = week_of(dt.datetime.fromisoformat(covered).replace(tzinfo=dt.UTC))
+    while week.previous().days[0] < covered:
+        week = week_of(week.end)
+    return week
 
 
 def _snapshot(engine: Engine) -> Connection:

@@ -33,6 +33,9 @@ DIRECTIONS = ("originating", "returning")
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # Message ids summed per transaction: bounds how long a refresh holds SQLite's write lock.
 CHUNK = 250_000
+# How far back rollups reach when they are (re)built; digests of older weeks are refused.
+HISTORY = dt.timedelta(days=70)
+LATE_MARGIN = dt.timedelta(days=7)
 
 
 def _keys() -> list[sa.Column[Any]]:
@@ -50,6 +53,7 @@ rollup_state = sa.Table(
     sa.Column("networks", sa.String(64), nullable=False),
     sa.Column("messages_done", ID, nullable=False),
     sa.Column("sessions_done", ID, nullable=False),
+    sa.Column("covers_from", sa.String(10)),  # YYYY-MM-DD; NULL: all of the store's history
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 ip_days = sa.Table(
@@ -175,16 +179,42 @@ def _reset(engine: Engine, partner: Partner) -> bool:
         for table in ROLLUP_TABLES:
             connection.execute(table.delete().where(table.c.partner_id == partner.id))
         connection.execute(rollup_state.delete().where(rollup_state.c.partner_id == partner.id))
+        covers_from, messages_from = _starting_point(connection, messages)
+        _, sessions_from = _starting_point(connection, sessions)
         connection.execute(
             rollup_state.insert().values(
                 partner_id=partner.id,
                 networks=fingerprint,
-                messages_done=0,
-                sessions_done=0,
+                messages_done=messages_from,
+                sessions_done=sessions_from,
+                covers_from=covers_from,
                 updated_at=dt.datetime.now(dt.UTC),
             )
         )
         return state is not None
+
+
+def _starting_point(connection: Connection, table: sa.Table) -> tuple[str | None, int]:
+    """(first day covered or None for all, the id after which to start summing).
+
+    Summing a long history from scratch would take hours: (re)built rollups cover the newest
+    :data:`HISTORY` of the store. Ids follow ingest order, which follows time up to late
+    deliveries: starting a week before that day keeps what sensors delivered up to a week late.
+    """
+    oldest, newest = (
+        connection.execute(sa.select(sa.func.min(table.c.ts))).scalar(),
+        connection.execute(sa.select(sa.func.max(table.c.ts))).scalar(),
+    )
+    if oldest is None or newest is None:
+        return None, 0
+    covers_from = (_utc(newest) - HISTORY).date()
+    margin = dt.datetime.combine(covers_from, dt.time(), dt.UTC) - LATE_MARGIN
+    if _utc(oldest) >= margin:
+        return None, 0
+    first = connection.execute(
+        sa.select(table.c.id).where(table.c.ts >= margin).order_by(table.c.ts).limit(1)
+    ).scalar()
+    return covers_from.isoformat(), int(first or 1) - 1
 
 
 def _refresh_messages(engine: Engine, partner: Partner) -> int:
@@ -215,6 +245,18 @@ def _refresh_sessions(engine: Engine, partner: Partner) -> int:
                 _sum_sessions(connection, partner, direction, low, high)
             _set_watermark(connection, partner.id, "sessions_done", high)
             done += high - low
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    # SQLite gives back naive datetimes; everything the store holds is UTC.
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def covers_from(connection: Connection, partner_id: str) -> str | None:
+    """The first day the partner's rollups are complete from (None: all history)."""
+    return connection.execute(
+        sa.select(rollup_state.c.covers_from).where(rollup_state.c.partner_id == partner_id)
+    ).scalar()
 
 
 def _watermark(connection: Connection, partner_id: str, column: str) -> int:

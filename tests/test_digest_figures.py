@@ -245,3 +245,27 @@ def test_digest_agrees_with_the_published_feed(
         assert published_ips == {s.ip for s in figures.sources}
         assert published_urls == {u.url for u in figures.urls}
         assert len(published_ips) == figures.totals.unique_ips
+
+
+def test_rollups_built_over_a_long_history_cover_its_newest_weeks(
+    store: tuple[Engine, PartnersConfig],
+) -> None:
+    engine, config = store
+    dataset = Dataset()
+    first_day = WEEK.start - dt.timedelta(days=120)
+    for day in range(127):  # ingested in time order, like the sensors deliver
+        begin = first_day + dt.timedelta(days=day)
+        make_captures(dataset, day, begin, begin + dt.timedelta(days=1), 6)
+    store_captures(engine, dataset)
+    digest = build_digest(engine, config, "twcert", WEEK)
+    twcert = config.partners["twcert"]
+    for direction in ("originating", "returning"):
+        _check(digest.directions[direction], expected(dataset, twcert, direction, START))
+    with engine.connect() as connection:
+        covered = rollups.covers_from(connection, "twcert")
+    newest = max(c.ts for c in dataset.captures)
+    assert covered == (newest - rollups.HISTORY).date().isoformat()
+    old = parse_week("2026-W30")
+    with pytest.raises(UsageError, match=f"cover {covered} onwards") as raised:
+        build_digest(engine, config, "twcert", old)
+    assert "ask for 2026-W" in str(raised.value)

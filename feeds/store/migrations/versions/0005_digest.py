@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("networks", sa.String(64), nullable=False),
         sa.Column("messages_done", ID, nullable=False),
         sa.Column("sessions_done", ID, nullable=False),
+        sa.Column("covers_from", sa.String(10)),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
