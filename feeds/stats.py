@@ -70,15 +70,13 @@ def compute_stats(
             .order_by(sa.desc("n"), sessions.c.listen_port)
         ).all()
         request_rows = connection.execute(
-            sa.select(
-                sessions.c.service, sessions.c.result, sessions.c.dst_port == 25, sa.func.count()
-            )
+            sa.select(sessions.c.service, sessions.c.result, sessions.c.dst_port, sa.func.count())
             .where(in_sessions)
-            .group_by(sessions.c.service, sessions.c.result, sessions.c.dst_port == 25)
+            .group_by(sessions.c.service, sessions.c.result, sessions.c.dst_port)
         ).all()
     total_sessions = sum(int(n) for _, n in port_rows)
     requests = {module: dict.fromkeys(REQUEST_KEYS, 0) for module in ("socks", "http")}
-    for service, result, to_25, count in request_rows:
+    for service, result, dst_port, count in request_rows:
         module = (
             "socks"
             if service.startswith("socks")
@@ -89,7 +87,7 @@ def compute_stats(
         if module is None:
             continue
         key = {"get": "get", "error": "errors"}.get(result) or (
-            "connect_25" if to_25 else "connect_other"
+            "connect_25" if dst_port == 25 else "connect_other"
         )
         requests[module][key] += int(count)
         requests[module]["total"] += int(count)
