@@ -118,14 +118,17 @@ class RssSampler(threading.Thread):
             time.sleep(0.1)
 
 
-def median_seconds(call: Callable[[], Any], samples: int) -> float:
-    call()  # warm: connection, credentials cache
-    times = []
+def median_seconds(calls: list[Callable[[], Any]], samples: int) -> list[float]:
+    """Median time of each call, taken in turns so that other load on the machine hits all."""
+    for call in calls:
+        call()  # warm: connection, credentials cache
+    times: list[list[float]] = [[] for _ in calls]
     for _ in range(samples):
-        began = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+        for call, spent in zip(calls, times, strict=True):
+            began = time.perf_counter()
+            call()
+            spent.append(time.perf_counter() - began)
+    return [statistics.median(spent) for spent in times]
 
 
 def walk(collection: Collection) -> tuple[int, float]:
@@ -209,12 +212,15 @@ def bench_store(name: str, url: str, work: Path, args: argparse.Namespace) -> di
             )
 
         big_c, small_c = collection(big.id), collection(small.id)
-        page_1k = median_seconds(lambda: small_c.get_objects(limit=PAGE), args.samples)
-        page_big = median_seconds(lambda: big_c.get_objects(limit=PAGE), args.samples)
         middle = big_c.get_manifest(limit=1, added_after=_middle_date(url, big.id))
         middle_after = middle["objects"][0]["date_added"]
-        page_mid = median_seconds(
-            lambda: big_c.get_objects(limit=PAGE, added_after=middle_after), args.samples
+        page_1k, page_big, page_mid = median_seconds(
+            [
+                lambda: small_c.get_objects(limit=PAGE),
+                lambda: big_c.get_objects(limit=PAGE),
+                lambda: big_c.get_objects(limit=PAGE, added_after=middle_after),
+            ],
+            args.samples,
         )
         rss_before = rss_mb(worker)
         count, seconds = walk(big_c)
@@ -364,7 +370,7 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument("--postgres-url", default=POSTGRES_URL)
     parser.add_argument("--medallion-objects", type=int, default=2000)
-    parser.add_argument("--samples", type=int, default=15, help="requests per page median")
+    parser.add_argument("--samples", type=int, default=31, help="requests per page median")
     parser.add_argument("--port", type=int, default=6199)
     parser.add_argument("--work", help="work folder (default: a temporary one, removed)")
     parser.add_argument(

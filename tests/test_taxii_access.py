@@ -10,7 +10,7 @@ import pytest
 import requests
 from taxii2client.exceptions import TAXIIServiceException
 from taxii2client.v21 import ApiRoot, Collection, Server
-from taxii_helpers import PASSWORDS, RunningServer, as_stored, indicator, partners_yaml
+from taxii_helpers import CHEAP, PASSWORDS, RunningServer, as_stored, indicator, partners_yaml
 
 from feeds.partners import COLLECTION_NAMESPACE
 from feeds.store import write_transaction
@@ -167,3 +167,40 @@ def test_status_belongs_to_the_account_that_posted(taxii: RunningServer) -> None
     status_url = f"{taxii.api_root}status/{status.id}/"
     assert _get(status_url, "certbr-publisher").json()["success_count"] == 1
     assert _get(status_url, "twcert").status_code == 404
+
+
+def test_a_successful_check_is_remembered_and_a_failed_one_is_not(
+    taxii: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = taxii.state.accounts._hasher
+    checks: list[str] = []
+
+    class CountingHasher:
+        def verify(self, password_hash: str, password: str) -> bool:
+            checks.append(password)
+            return bool(real.verify(password_hash, password))  # argon2id's own check
+
+    monkeypatch.setattr(taxii.state.accounts, "_hasher", CountingHasher())
+    url = taxii.collection_url(_id("twcert", "originating")) + "objects/"
+    for _ in range(5):
+        assert _get(url, "twcert").status_code == 200
+    assert checks == [PASSWORDS["twcert"]]  # paging costs database time, not hashing time
+    for _ in range(3):
+        assert _get(url, "twcert", "wrong-password").status_code == 401
+    assert checks == [PASSWORDS["twcert"]] + ["wrong-password"] * 3
+
+
+def test_a_new_password_hash_applies_at_once(taxii: RunningServer) -> None:
+    url = taxii.collection_url(_id("twcert", "originating")) + "objects/"
+    assert _get(url, "twcert").status_code == 200
+    partners = Path(taxii.settings.partners)
+    text = partners.read_text()
+    old_hash = next(line for line in text.splitlines() if "username: twcert," in line)
+    new_hash = (
+        old_hash.split('password_hash: "')[0]
+        + 'password_hash: "'
+        + (CHEAP.hash("a-new-password-99") + '"}')
+    )
+    partners.write_text(text.replace(old_hash, new_hash))
+    assert _get(url, "twcert").status_code == 401  # the remembered check named the old hash
+    assert _get(url, "twcert", "a-new-password-99").status_code == 200
