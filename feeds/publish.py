@@ -472,19 +472,22 @@ class BatchBuilder:
             return
         clean = sanitize(raw, sample.recipients, self.scrubber)
         art = stix.artifact(clean)
-        self.add(art)
         content_type = (
             (sample.content_types.split(",")[0] or None) if sample.content_types else None
         )
-        self.add(
-            stix.email_message(
-                art["id"],
-                is_multipart=bool(content_type and content_type.startswith("multipart/")),
-                subject=_printable(sample.subject),
-                date=_mail_date(sample.header_date),
-                content_type=content_type,
-            )
+        message = stix.email_message(
+            art["id"],
+            is_multipart=bool(content_type and content_type.startswith("multipart/")),
+            subject=_printable(sample.subject),
+            date=_mail_date(sample.header_date),
+            content_type=content_type,
         )
+        # The subject alone makes an email-message's id: of two samples with one subject in
+        # a batch, the first is kept rather than overwritten by the second.
+        if (message["id"], "") in self.objects:
+            return
+        self.add(art)
+        self.add(message)
 
     def _expire(self, item: ExpiredIndicator) -> None:
         state = self.states.get(item.value_sha256)
@@ -516,52 +519,48 @@ class BatchBuilder:
         )
 
     def save_states(self) -> None:
-        new: list[dict[str, Any]] = []
-        changed: list[dict[str, Any]] = []
+        """Write the indicator state of the batch. Rows go to the driver's executemany as
+        tuples: SQLAlchemy's per-row parameter processing cost more than the writing."""
+        stored_columns = (
+            "generation",
+            "indicator_id",
+            "created",
+            "modified",
+            "valid_from",
+            "valid_until",
+            "expired",
+        )
+        new: list[tuple[Any, ...]] = []
+        changed: list[tuple[Any, ...]] = []
         for sha, state in self.states.items():
-            values = {
-                "collection_id": self.collection.id,
-                "value_sha256": sha,
-                "observable_type": state.observable_type,
-                "value": state.value,
-                "generation": state.generation,
-                "indicator_id": state.indicator_id,
-                "created": state.created,
-                "modified": state.modified,
-                "valid_from": state.valid_from,
-                "valid_until": state.valid_until,
-                "expired": state.expired,
-            }
-            (changed if state.stored else new).append(values)
+            values = (
+                state.generation,
+                state.indicator_id,
+                state.created,
+                state.modified,
+                state.valid_from,
+                state.valid_until,
+                state.expired,
+            )
+            if state.stored:
+                changed.append((*values, self.collection.id, sha))
+            else:
+                new.append((*values, self.collection.id, sha, state.observable_type, state.value))
+        mark = "?" if self.connection.dialect.paramstyle == "qmark" else "%s"
+        table = feed_indicators.name
         if new:
-            self.connection.execute(feed_indicators.insert(), new)
+            columns = (*stored_columns, "collection_id", "value_sha256", "observable_type", "value")
+            self.connection.exec_driver_sql(
+                f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - fixed names
+                f"VALUES ({', '.join([mark] * len(columns))})",
+                new,
+            )
         if changed:
-            t = feed_indicators.c
-            self.connection.execute(
-                feed_indicators.update()
-                .where(
-                    t.collection_id == sa.bindparam("b_collection"),
-                    t.value_sha256 == sa.bindparam("b_sha"),
-                )
-                .values(
-                    {
-                        name: sa.bindparam(f"b_{name}")
-                        for name in (
-                            "generation",
-                            "indicator_id",
-                            "created",
-                            "modified",
-                            "valid_from",
-                            "valid_until",
-                            "expired",
-                        )
-                    }
-                ),
-                [
-                    {f"b_{k}": v for k, v in row.items()}
-                    | {"b_collection": row["collection_id"], "b_sha": row["value_sha256"]}
-                    for row in changed
-                ],
+            assignments = ", ".join(f"{name} = {mark}" for name in stored_columns)
+            self.connection.exec_driver_sql(
+                f"UPDATE {table} SET {assignments} "  # noqa: S608 - fixed names
+                f"WHERE collection_id = {mark} AND value_sha256 = {mark}",
+                changed,
             )
 
 
@@ -732,11 +731,13 @@ def _publish_batch(
 ) -> BatchSummary:
     builder = BatchBuilder(connection, context, partner, collection, scrubber)
     objects = builder.build(units)
-    serialised = [(obj, stix.dumps(obj)) for obj in objects]
+    serialised = []
+    rows = []
+    for (object_id, version), obj in builder.objects.items():
+        body = stix.dumps(obj)
+        serialised.append((obj, body))
+        rows.append((object_id, version, digest_of_canonical(body)))
     batch_id = str(uuid.uuid4())
-    rows = [
-        (obj["id"], stix.version_of(obj), digest_of_canonical(body)) for obj, body in serialised
-    ]
     manifest = build_manifest(
         producer_id=builder.producer_id,
         collection_id=collection.id,

@@ -72,7 +72,7 @@ def build_manifest(
         "issued": issued,
         "digest_alg": "sha-256",
         "canonicalization": "RFC8785",
-        "objects": [list(row) for row in sorted(rows, key=lambda row: (row[0], row[1]))],
+        "objects": sorted(rows),  # (id, version, digest): sorted by id, then version
     }
 
 
