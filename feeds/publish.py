@@ -798,11 +798,13 @@ def publish(
     *,
     now: dt.datetime | None = None,
     engine: Engine | None = None,
+    config: PartnersConfig | None = None,
 ) -> PublishReport:
-    """Publish every collection (or one partner's) from its watermark; see the module doc."""
+    """Publish every collection (or one partner's) from its watermark; see the module doc.
+    ``config``: the partners file already loaded (the worker's), else it is read now."""
     from feeds.home import open_store
 
-    config = load_partners(settings.partners)
+    config = config or load_partners(settings.partners)
     if partner_id is not None and partner_id not in config.partners:
         raise UsageError(
             f"no partner {partner_id!r} in {config.path}",
