@@ -687,24 +687,33 @@ def publish_collection(
     chunks = pack(units, capacity)
     for index, chunk in enumerate(chunks):
         last = index == len(chunks) - 1
-        with write_transaction(engine) as connection:
-            _check_unchanged(connection, collection, mark)
-            summary = _publish_batch(
-                connection,
-                context,
-                partner,
-                collection,
-                scrubber,
-                chunk,
-                mark.last_message_id,
-                upto,
-            )
-            mark = (
-                Watermark(upto, None, None)
-                if last
-                else Watermark(mark.last_message_id, upto, chunk[-1].key)
-            )
-            _write_watermark(connection, collection.id, mark, context.now)
+        try:
+            with write_transaction(engine) as connection:
+                _check_unchanged(connection, collection, mark)
+                summary = _publish_batch(
+                    connection,
+                    context,
+                    partner,
+                    collection,
+                    scrubber,
+                    chunk,
+                    mark.last_message_id,
+                    upto,
+                )
+                mark = (
+                    Watermark(upto, None, None)
+                    if last
+                    else Watermark(mark.last_message_id, upto, chunk[-1].key)
+                )
+                _write_watermark(connection, collection.id, mark, context.now)
+        except sa.exc.IntegrityError:
+            # Two first runs of a collection: no watermark row to lock, so the second
+            # learns of the first only when its own row collides; its batch rolled back.
+            raise PublishConflict(
+                f"collection {collection.alias} was published by another run meanwhile",
+                hint="let that run finish; the next run publishes what is left",
+                collection=collection.alias,
+            ) from None
         summaries.append(summary)
     return summaries
 
