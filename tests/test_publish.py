@@ -7,6 +7,7 @@ import datetime as dt
 import email
 import email.policy
 import email.utils
+import gzip
 import hashlib
 import ipaddress
 from collections import Counter
@@ -69,6 +70,7 @@ class Feed:
     settings: Settings
     generated: Generated
     tmp: Path
+    records: list[dict[str, Any]]  # the message records the generator wrote
 
     def password_file(self, user: str) -> str:
         path = self.tmp / f"{user}.password"
@@ -94,9 +96,17 @@ def feed(tmp_path: Path, environ: dict[str, str]) -> Feed:
             "SPAMPOTS_SAMPLES_PER_PUBLISH": "60",
         }
     )
+    records = [
+        record
+        for path in generated.batches
+        for line in (
+            gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        ).splitlines()
+        if (record := orjson.loads(line)).get("type") == "message"
+    ]
     init_home(settings)
     ingest_run(settings, workers=1).run()
-    return Feed(settings, generated, tmp_path)
+    return Feed(settings, generated, tmp_path, records)
 
 
 @pytest.fixture
@@ -406,3 +416,23 @@ def test_verify_says_when_the_password_is_wrong(
     )
     assert code == 1
     assert "HTTP 401" in err and "password" in err and "Traceback" not in err
+
+
+def test_returning_is_what_was_aimed_at_the_partner(feed: Feed, server: RunningServer) -> None:
+    publish(feed.settings, partner_id="jpcert", now=NOW)
+    outcome, lines = verify(feed, server, "jpcert-returning", user="jpcert")
+    assert outcome.ok, lines
+    jp_networks = [ipaddress.ip_network(n.cidr) for n in _plan_networks()["JP"]]
+
+    def under_jp(host: str) -> bool:
+        return host.lower().rstrip(".").endswith(".jp")
+
+    aimed = {
+        record["src_ip"]
+        for record in feed.records
+        if any(ipaddress.ip_address(record["dst_ip"]) in net for net in jp_networks)
+        or under_jp(record["dst_host"])
+        or any(under_jp(address.rpartition("@")[2]) for address in record["rcpt_to"])
+    }
+    assert aimed
+    assert indicator_addresses(outcome.verified) == aimed
