@@ -27,7 +27,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from feeds.digest import Week, build_digest, last_complete_week, report_id
+from feeds.digest import Week, build_digest, last_complete_week, parse_week, report_id
 from feeds.errors import SpampotsError, UsageError
 from feeds.mail import compose, new_message_id
 from feeds.partners import Partner, PartnersConfig
@@ -322,6 +322,31 @@ def weekly_digest(
     if not settings.smtp_url:
         return [f"written to {write_to_outbox(engine, settings, config, partner_id, week)}"]
     return [outcome.line() for outcome in send_digest(engine, settings, config, partner_id, week)]
+
+
+def retry_unsent(engine: Engine, settings: Settings, config: PartnersConfig) -> list[str]:
+    """Send again every digest some address did not get (down or refusing server earlier):
+    what the worker runs between the weekly runs, so a digest goes out when the server is back.
+    Addresses left uncertain are not touched: they need a person and ``--resend``."""
+    d = deliveries.c
+    with engine.connect() as connection:
+        due = connection.execute(
+            sa.select(d.partner_id, d.week)
+            .where(d.status.in_(("pending", "failed")))
+            .group_by(d.partner_id, d.week)
+            .order_by(d.week, d.partner_id)
+        ).all()
+    lines: list[str] = []
+    for partner_id, week_label in due:
+        if partner_id not in config.partners:
+            continue  # removed from partners.yaml: nothing more goes to it
+        try:
+            outcomes = send_digest(engine, settings, config, partner_id, parse_week(week_label))
+        except DigestNotSent as error:
+            lines += [outcome.line() for outcome in error.outcomes]
+            continue
+        lines += [outcome.line() for outcome in outcomes]
+    return lines
 
 
 def write_to_outbox(

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from conftest import free_port
 from feeds import deliveries
-from feeds.deliveries import send_digest, weekly_digest
+from feeds.deliveries import DigestNotSent, retry_unsent, send_digest, weekly_digest
 from feeds.digest import parse_week
 from feeds.home import engine_for
 from feeds.partners import PartnersConfig, load_partners
@@ -359,3 +359,20 @@ def test_every_address_gets_it_once_even_when_one_is_refused(
     first, second = (r.parsed() for r in smtp_sink.received)
     assert first["Message-ID"] == second["Message-ID"]
     assert first["To"] == "twcert@example.org, soc@example.tw"
+
+
+def test_digests_not_delivered_go_out_when_the_server_is_back(
+    captured: tuple[Engine, PartnersConfig, Dataset],
+    environ: dict[str, str],
+    smtp_sink: SmtpSink,
+) -> None:
+    engine, config, _ = captured
+    settings = load_settings({**environ, **_mail_env(smtp_sink), "SPAMPOTS_SMTP_RETRIES": "2"})
+    smtp_sink.refuse_next(2, "421 4.3.2 Service not available")
+    with pytest.raises(DigestNotSent):
+        send_digest(engine, settings, config, "auscert", WEEK)
+    assert smtp_sink.received == []
+    # Later, the worker's retry finds it and the server takes it; nothing else is sent.
+    assert retry_unsent(engine, settings, config)[0].startswith("sent: auscert@example.org")
+    assert len(smtp_sink.received) == 1
+    assert retry_unsent(engine, settings, config) == []
