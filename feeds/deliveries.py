@@ -345,6 +345,9 @@ def retry_unsent(engine: Engine, settings: Settings, config: PartnersConfig) -> 
         except DigestNotSent as error:
             lines += [outcome.line() for outcome in error.outcomes]
             continue
+        except SpampotsError as error:  # e.g. a configuration mistake: the others still go
+            lines.append(f"failed: {partner_id} {week_label}: {error}")
+            continue
         lines += [outcome.line() for outcome in outcomes]
     return lines
 
