@@ -145,9 +145,11 @@ def plan_units(
     collection: Collection,
     after: int,
     upto: int,
-    now: str,
+    now: str | None,
     sample_limit: int,
 ) -> list[Unit]:
+    """The units of messages (``after``, ``upto``] and, if ``now`` is given, the indicators
+    expired by then; sorted by key."""
     units: list[Unit] = []
     seen: set[str] = set()
     if upto > after:
@@ -163,15 +165,16 @@ def plan_units(
         if "samples" in partner.share:
             for sample in samples(connection, condition, sample_limit):
                 units.append(Unit(f"3|{sample.raw_sha256}", sample, 2))
-    t = feed_indicators.c
-    expired = connection.execute(
-        sa.select(t.value_sha256, t.observable_type, t.value)
-        .where(t.collection_id == collection.id, t.expired == sa.false(), t.valid_until <= now)
-        .order_by(t.value_sha256)
-    )
-    for sha, kind, value in expired:
-        if sha not in seen:
-            units.append(Unit(f"4|{sha}", ExpiredIndicator(sha, kind, value), 1))
+    if now is not None:
+        t = feed_indicators.c
+        expired = connection.execute(
+            sa.select(t.value_sha256, t.observable_type, t.value)
+            .where(t.collection_id == collection.id, t.expired == sa.false(), t.valid_until <= now)
+            .order_by(t.value_sha256)
+        )
+        for sha, kind, value in expired:
+            if sha not in seen:
+                units.append(Unit(f"4|{sha}", ExpiredIndicator(sha, kind, value), 1))
     units.sort(key=lambda unit: unit.key)
     return units
 
@@ -658,28 +661,50 @@ def _write_watermark(
 def publish_collection(
     engine: Engine, context: PublishContext, partner: Partner, collection: Collection
 ) -> list[BatchSummary]:
+    """Everything new for the collection, a slice of at most ``publish_slice_messages``
+    message ids at a time (a bounded memory whatever the backlog), expiries with the last."""
     with engine.connect() as connection:
         mark = _read_watermark(connection, collection.id, lock=False)
-        upto = mark.pending_upto or last_message_id(connection)
+        newest = last_message_id(connection)
+    step = int(context.settings.publish_slice_messages)
+    summaries: list[BatchSummary] = []
+    while True:
+        upto = mark.pending_upto or min(newest, mark.last_message_id + step)
+        final = upto >= newest
+        published, mark = _publish_slice(engine, context, partner, collection, mark, upto, final)
+        summaries.extend(published)
+        if final:
+            return summaries
+
+
+def _publish_slice(
+    engine: Engine,
+    context: PublishContext,
+    partner: Partner,
+    collection: Collection,
+    mark: Watermark,
+    upto: int,
+    with_expiry: bool,
+) -> tuple[list[BatchSummary], Watermark]:
+    with engine.connect() as connection:
         units = plan_units(
             connection,
             partner,
             collection,
             mark.last_message_id,
             upto,
-            context.issued,
+            context.issued if with_expiry else None,
             int(context.settings.samples_per_publish),
         )
     cursor = mark.pending_cursor or ""
     units = [unit for unit in units if unit.key > cursor]
+    done = Watermark(max(upto, mark.last_message_id), None, None)
     if not units:
-        if upto > mark.last_message_id:
+        if done != mark:
             with write_transaction(engine) as connection:
                 _check_unchanged(connection, collection, mark)
-                _write_watermark(
-                    connection, collection.id, Watermark(upto, None, None), context.now
-                )
-        return []
+                _write_watermark(connection, collection.id, done, context.now)
+        return [], done
     # Room for the five shared objects and the report in every batch.
     capacity = max(int(context.settings.batch_objects) - 6, 1)
     scrubber = scrubber_for(context.config.sensors.values(), partner)
@@ -700,11 +725,7 @@ def publish_collection(
                     mark.last_message_id,
                     upto,
                 )
-                mark = (
-                    Watermark(upto, None, None)
-                    if last
-                    else Watermark(mark.last_message_id, upto, chunk[-1].key)
-                )
+                mark = done if last else Watermark(mark.last_message_id, upto, chunk[-1].key)
                 _write_watermark(connection, collection.id, mark, context.now)
         except sa.exc.IntegrityError:
             # Two first runs of a collection: no watermark row to lock, so the second
@@ -715,7 +736,7 @@ def publish_collection(
                 collection=collection.alias,
             ) from None
         summaries.append(summary)
-    return summaries
+    return summaries, mark
 
 
 def _check_unchanged(connection: Connection, collection: Collection, expected: Watermark) -> None:

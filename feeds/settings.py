@@ -222,6 +222,14 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_int(0, 10_000),
     ),
     Setting(
+        "publish_slice_messages",
+        "500000",
+        "most message ids one publishing step selects for a collection; a larger backlog is "
+        "published in several steps (bounds the memory a catch-up needs)",
+        "1-100000000",
+        _parse_int(1, 100_000_000),
+    ),
+    Setting(
         "ingest_workers",
         "1",
         "processes that parse and enrich messages during ingest (one more writes the store)",

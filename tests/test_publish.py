@@ -71,6 +71,7 @@ class Feed:
     generated: Generated
     tmp: Path
     records: list[dict[str, Any]]  # the message records the generator wrote
+    env: dict[str, str]
 
     def password_file(self, user: str) -> str:
         path = self.tmp / f"{user}.password"
@@ -85,17 +86,16 @@ def feed(tmp_path: Path, environ: dict[str, str]) -> Feed:
     )
     partners = tmp_path / "partners.yaml"
     partners.write_text(partners_text())
-    settings = load_settings(
-        {
-            **environ,
-            "SPAMPOTS_PARTNERS": str(partners),
-            "SPAMPOTS_SPOOL": str(generated.spool),
-            "SPAMPOTS_COUNTRY_MMDB": str(generated.country_mmdb),
-            "SPAMPOTS_ASN_MMDB": str(generated.asn_mmdb),
-            "SPAMPOTS_BATCH_OBJECTS": "200",
-            "SPAMPOTS_SAMPLES_PER_PUBLISH": "60",
-        }
-    )
+    env = {
+        **environ,
+        "SPAMPOTS_PARTNERS": str(partners),
+        "SPAMPOTS_SPOOL": str(generated.spool),
+        "SPAMPOTS_COUNTRY_MMDB": str(generated.country_mmdb),
+        "SPAMPOTS_ASN_MMDB": str(generated.asn_mmdb),
+        "SPAMPOTS_BATCH_OBJECTS": "200",
+        "SPAMPOTS_SAMPLES_PER_PUBLISH": "60",
+    }
+    settings = load_settings(env)
     records = [
         record
         for path in generated.batches
@@ -106,7 +106,7 @@ def feed(tmp_path: Path, environ: dict[str, str]) -> Feed:
     ]
     init_home(settings)
     ingest_run(settings, workers=1).run()
-    return Feed(settings, generated, tmp_path, records)
+    return Feed(settings, generated, tmp_path, records, env)
 
 
 @pytest.fixture
@@ -436,3 +436,29 @@ def test_returning_is_what_was_aimed_at_the_partner(feed: Feed, server: RunningS
     }
     assert aimed
     assert indicator_addresses(outcome.verified) == aimed
+
+
+def test_a_backlog_is_published_in_slices(feed: Feed, server: RunningServer) -> None:
+    sliced = load_settings({**feed.env, "SPAMPOTS_PUBLISH_SLICE_MESSAGES": "100"})
+    publish(sliced, partner_id="twcert", now=NOW)
+    engine = engine_for(feed.settings.database_url)
+    with engine.connect() as connection:
+        ranges = set(
+            connection.execute(
+                sa.select(feed_batches.c.after_message_id, feed_batches.c.upto_message_id).where(
+                    feed_batches.c.partner_id == "twcert", feed_batches.c.feed == "originating"
+                )
+            )
+        )
+        marks = connection.execute(sa.select(feed_watermarks.c.last_message_id)).scalars()
+        newest = connection.execute(sa.text("SELECT max(id) FROM messages")).scalar()
+    assert len(ranges) >= 3 and all(upto - after <= 100 for after, upto in ranges)
+    assert set(marks) == {newest}
+    outcome, lines = verify(feed, server, "twcert-originating")
+    assert outcome.ok, lines
+    by_address: dict[str, set[str]] = {}
+    for obj in outcome.verified:
+        if obj["type"] == "indicator" and "addr:value" in obj["pattern"]:
+            by_address.setdefault(obj["pattern"].split("'")[1], set()).add(obj["id"])
+    assert set(by_address) == tw_addresses(feed)
+    assert all(len(ids) == 1 for ids in by_address.values())  # one id per address
