@@ -37,6 +37,10 @@ taxii_polls = sa.Table(
     sa.Column("collection_id", sa.String(36), nullable=False),
     sa.Column("endpoint", sa.String(16), nullable=False),
     sa.Column("objects_returned", sa.Integer, nullable=False),
+    sa.Index(
+        "ix_taxii_polls_collection_id_username_polled_at", "collection_id", "username", "polled_at"
+    ),
+    sa.Index("ix_taxii_polls_polled_at", "polled_at"),
 )
 
 

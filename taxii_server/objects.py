@@ -55,6 +55,8 @@ taxii_objects = sa.Table(
     sa.UniqueConstraint("collection_id", "date_added_us"),
     sa.UniqueConstraint("collection_id", "object_id", "version_us"),
     sa.Index("ix_taxii_objects_last", "collection_id", "is_last", "date_added_us"),
+    # match[type] of a rare type (a batch's one report) must not scan the whole collection
+    sa.Index("ix_taxii_objects_type", "collection_id", "object_type", "date_added_us"),
 )
 
 collection_state = sa.Table(

@@ -10,10 +10,14 @@ import uuid
 
 import pytest
 import requests
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from taxii_helpers import PASSWORDS, RunningServer, as_stored, indicator, ipv4
 
+from feeds.home import engine_for
 from feeds.partners import COLLECTION_NAMESPACE
-from feeds.store import write_transaction
+from feeds.settings import Settings
+from feeds.store import metadata, write_transaction
 from taxii_server.errors import InvalidObject
 from taxii_server.objects import (
     ALL_VERSIONS,
@@ -173,3 +177,15 @@ def test_deleting_versions_keeps_first_and_last_right(taxii: RunningServer) -> N
     with write_transaction(engine) as connection:
         assert delete_versions(connection, TW, indicator(9)["id"], ALL_VERSIONS, ()) == 1
         assert object_counts(connection) == {TW: 1}
+
+
+def test_the_migration_creates_the_tables_as_defined(initialised: Settings) -> None:
+    engine = engine_for(initialised.database_url)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        differences = [
+            d
+            for d in compare_metadata(context, metadata)
+            if "taxii" in repr(d) and not repr(d).startswith("('remove_table'")
+        ]
+    assert differences == []

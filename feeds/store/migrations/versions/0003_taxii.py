@@ -46,6 +46,9 @@ def upgrade() -> None:
     op.create_index(
         "ix_taxii_objects_last", "taxii_objects", ["collection_id", "is_last", "date_added_us"]
     )
+    op.create_index(
+        "ix_taxii_objects_type", "taxii_objects", ["collection_id", "object_type", "date_added_us"]
+    )
     op.create_table(
         "taxii_collection_state",
         sa.Column("collection_id", sa.String(36), nullable=False),
@@ -85,5 +88,6 @@ def downgrade() -> None:
     op.drop_table("taxii_polls")
     op.drop_table("taxii_status")
     op.drop_table("taxii_collection_state")
+    op.drop_index("ix_taxii_objects_type", table_name="taxii_objects")
     op.drop_index("ix_taxii_objects_last", table_name="taxii_objects")
     op.drop_table("taxii_objects")
