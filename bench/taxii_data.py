@@ -81,13 +81,39 @@ def _source(rng: random.Random, number: int) -> list[dict[str, Any]]:
     return [ip, observed, indicator, relationship]
 
 
-def generate_objects(count: int, seed: int = 1) -> Iterator[tuple[dict[str, Any], bytes]]:
-    """``count`` objects as (dict, compact JSON bytes), the form add_objects takes."""
+def _report(rng: random.Random, refs: list[str]) -> dict[str, Any]:
+    stamp = "2026-11-30T12:00:00.000Z"
+    return {
+        "type": "report",
+        "spec_version": "2.1",
+        "id": f"report--{uuid.UUID(int=rng.getrandbits(128), version=4)}",
+        "created": stamp,
+        "modified": stamp,
+        "created_by_ref": PRODUCER,
+        "object_marking_refs": [TLP_AMBER],
+        "name": "SpamPots publication batch",
+        "published": stamp,
+        "object_refs": refs,
+    }
+
+
+def generate_objects(
+    count: int, seed: int = 1, batch: int = 10_000
+) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """``count`` objects as (dict, compact JSON bytes), the form add_objects takes; every
+    ``batch``-th is a ``report``, as the publisher ends each batch (its ``object_refs`` cut to
+    the last 20 objects: a real one lists the whole batch and carries its signed manifest)."""
     rng = random.Random(seed)
     made = 0
     number = 0
+    recent: list[str] = []
     while made < count:
-        for obj in _source(rng, number)[: count - made]:
+        for obj in _source(rng, number):
+            if made == count:
+                return
+            if (made + 1) % batch == 0:
+                obj = _report(rng, recent[-20:])
+            recent = [*recent[-19:], obj["id"]]
             yield obj, orjson.dumps(obj)
             made += 1
         number += 1

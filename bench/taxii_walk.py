@@ -6,10 +6,12 @@
 For each store (SQLite file, PostgreSQL schema):
 1. loads ``--objects`` generated feed objects (bench/taxii_data.py) into one collection with
    ``add_objects`` in batches of 10,000, and 1,000 into another (the "1k" collection);
+   (every 10,000th object is a batch's ``report``, as the publisher makes them);
 2. starts ``spampots serve --workers 1`` (gunicorn, one worker process) with a default-cost
    argon2id account, and samples the worker's RSS every 0.1 s;
 3. times one 1,000-object page (median of ``--samples`` requests) at 1k objects and at the big
-   size (first page, and a page from the middle reached by ``added_after``);
+   size (first page, and a page from the middle reached by ``added_after``), and the page of
+   ``match[type]=report`` (rare objects: an index, not a scan of the collection);
 4. walks the whole big collection with taxii2-client ``as_pages`` in 1,000-object pages.
 Then the same walk against medallion 3.0.0 with its memory backend on ``--medallion-objects``
 objects, in the same run, and the ratio. Targets (issue 3): walk >= 20,000 objects/s, a page at
@@ -222,6 +224,10 @@ def bench_store(name: str, url: str, work: Path, args: argparse.Namespace) -> di
             ],
             args.samples,
         )
+        (page_reports,) = median_seconds(
+            [lambda: big_c.get_objects(limit=PAGE, type="report")], args.samples
+        )
+        reports = len(big_c.get_objects(limit=PAGE, type="report").get("objects", []))
         rss_before = rss_mb(worker)
         count, seconds = walk(big_c)
         sampler.running = False
@@ -237,6 +243,8 @@ def bench_store(name: str, url: str, work: Path, args: argparse.Namespace) -> di
         "page_1k_ms": page_1k * 1000,
         "page_big_ms": page_big * 1000,
         "page_mid_ms": page_mid * 1000,
+        "reports_ms": page_reports * 1000,
+        "reports": reports,
         "rss_before": rss_before,
         "rss_max": max(sampler.samples),
     }
@@ -396,6 +404,10 @@ def main() -> None:
                 f"{result['page_mid_ms']:.1f} ms (middle page) at {args.objects:,}: "
                 f"{max(result['page_big_ms'], result['page_mid_ms']) / result['page_1k_ms']:.2f}"
                 "x (target <= 2x)"
+            )
+            print(
+                f"[{name}] match[type]=report (one object in {BATCH:,}): {result['reports']} "
+                f"objects in {result['reports_ms']:.1f} ms"
             )
             print(
                 f"[{name}] server worker RSS {result['rss_before']:.0f} MB before the walk, "

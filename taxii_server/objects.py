@@ -363,15 +363,21 @@ class VersionFilter:
     last: bool = False
     exact: tuple[int, ...] = ()
 
-    def clause(self) -> sa.ColumnElement[bool] | None:
+    def clause(self, use_flag_index: bool = True) -> sa.ColumnElement[bool] | None:
         if self.all:
             return None
         t = taxii_objects
+        is_last: sa.ColumnElement[bool] = t.c.is_last
+        is_first: sa.ColumnElement[bool] = t.c.is_first
+        if not use_flag_index:
+            # The same test, but one no index can serve: the planner then takes another.
+            is_last = sa.func.coalesce(t.c.is_last, sa.false())
+            is_first = sa.func.coalesce(t.c.is_first, sa.false())
         parts: list[sa.ColumnElement[bool]] = []
         if self.last:
-            parts.append(t.c.is_last == sa.true())
+            parts.append(is_last == sa.true())
         if self.first:
-            parts.append(t.c.is_first == sa.true())
+            parts.append(is_first == sa.true())
         if self.exact:
             parts.append(t.c.version_us.in_(self.exact))
         return sa.or_(*parts)
@@ -404,7 +410,10 @@ class Query:
             clauses.append(t.c.object_type.in_(self.types))
         if self.spec_versions:
             clauses.append(t.c.spec_version.in_(self.spec_versions))
-        version_clause = self.versions.clause()
+        # With a type filter the (collection, type, date) index is the narrow one; SQLite, having
+        # no statistics, would as soon pick the (collection, is_last, date) one and scan every
+        # object for a rare type.
+        version_clause = self.versions.clause(use_flag_index=not self.types)
         if version_clause is not None:
             clauses.append(version_clause)
         return clauses
