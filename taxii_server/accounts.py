@@ -69,6 +69,7 @@ class Principal:
     username: str
     is_publisher: bool
     readable: tuple[Collection, ...]
+    label: str = ""  # the partner's id, or "publisher": what metrics count requests by
 
     def collection(self, id_or_alias: str) -> Collection | None:
         return next((c for c in self.readable if id_or_alias in (c.id, c.alias)), None)
@@ -98,7 +99,14 @@ class Accounts:
         if not self._check(account.password_hash, username, password):
             return None
         is_publisher = config.publisher is not None and config.publisher.username == username
-        return Principal(username, is_publisher, tuple(config.readable_collections(username)))
+        label = (
+            "publisher"
+            if is_publisher
+            else next(p.id for p in config.partners.values() if p.taxii is account)
+        )
+        return Principal(
+            username, is_publisher, tuple(config.readable_collections(username)), label
+        )
 
     def _check(self, password_hash: str, username: str, password: str) -> bool:
         digest = hashlib.blake2b(

@@ -29,8 +29,9 @@ from werkzeug.exceptions import HTTPException
 
 from feeds.home import open_store
 from feeds.keys import jwks
+from feeds.metrics import exposition, metrics
 from feeds.settings import Settings
-from taxii_server.accounts import Accounts, PartnersFile
+from taxii_server.accounts import Accounts, PartnersFile, Principal
 from taxii_server.audit import PollAudit
 from taxii_server.backend import TAXII_MEDIA_TYPE, StoreBackend
 from taxii_server.errors import (
@@ -55,6 +56,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 View = Callable[..., Any]
+UNCOUNTED = frozenset({"healthz", "metrics", "jwks"})
 HTTP_STATUS_TITLES = {
     400: "Bad Request",
     403: "Forbidden",
@@ -93,6 +95,7 @@ def create_app(settings: Settings) -> Flask:
     _add_routes(app, server)
     app.register_error_handler(Exception, _error_response)
     app.after_request(_add_security_headers)
+    app.after_request(_count_request)
     return app
 
 
@@ -145,6 +148,7 @@ def _add_routes(app: Flask, server: TaxiiServer) -> None:
         endpoint = rule.strip("/").replace("<string:", "").replace(">", "") or "discovery"
         app.add_url_rule(rule, endpoint, _taxii_endpoint(server, view), methods=methods)
     app.add_url_rule("/healthz", "healthz", functools.partial(_healthz, server))
+    app.add_url_rule("/metrics", "metrics", _metrics)
     app.add_url_rule("/.well-known/jwks.json", "jwks", functools.partial(_jwks, server))
 
 
@@ -286,6 +290,12 @@ def _healthz(server: TaxiiServer) -> Response:
     return Response(orjson.dumps({"status": "ok"}), content_type="application/json")
 
 
+def _metrics() -> Response:
+    """Every process's Prometheus samples (the proxy keeps this from partners)."""
+    body, content_type = exposition()
+    return Response(body, content_type=content_type)
+
+
 def _jwks(server: TaxiiServer) -> Response:
     with server.engine.connect() as connection:
         keys = jwks(connection)
@@ -318,6 +328,14 @@ def _error_response(error: Exception) -> Response:
         status, title, description = 500, "Internal Error", "the server failed; it is logged"
     resource = {"title": title, "description": description, "http_status": str(status)}
     return _taxii_response(orjson.dumps(resource), status=status, headers=headers)
+
+
+def _count_request(response: Response) -> Response:
+    if request.endpoint not in UNCOUNTED:
+        principal: Principal | None = g.get("principal")
+        label = principal.label if principal else "unauthenticated"
+        metrics().taxii_requests.labels(partner=label, status=str(response.status_code)).inc()
+    return response
 
 
 def _add_security_headers(response: Response) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -9,6 +10,8 @@ from gunicorn.app.base import BaseApplication
 
 from feeds.errors import UsageError
 from feeds.home import open_store
+from feeds.logs import configure_logging
+from feeds.metrics import process_gone, use_metrics_dir
 from feeds.partners import load_partners
 from feeds.settings import Settings
 
@@ -31,6 +34,10 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return create_app(self._settings)
 
 
+def _child_exit(_arbiter: Any, worker: Any) -> None:
+    process_gone(worker.pid)  # its live gauges leave the sum at /metrics
+
+
 def serve(
     settings: Settings, host: str | None = None, port: int | None = None, workers: int | None = None
 ) -> int:
@@ -45,6 +52,8 @@ def serve(
     # Fail here, with one clear line, rather than in every worker as it boots.
     open_store(settings).dispose()  # workers open their own connections after the fork
     load_partners(settings.partners)
+    configure_logging(settings.log_level, settings.log_format)
+    use_metrics_dir(Path(settings.metrics_dir))  # before any worker imports prometheus_client
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     options = {
         "bind": bind,
@@ -56,6 +65,7 @@ def serve(
         "errorlog": "-",
         "loglevel": str(settings.log_level).lower(),
         "proc_name": "spampots-taxii",
+        "child_exit": _child_exit,
     }
     _Gunicorn(settings, options).run()
     return 0

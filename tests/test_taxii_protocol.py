@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import orjson
+import pytest
 import requests
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
 from taxii_helpers import (
@@ -241,3 +242,39 @@ def test_spampots_serve_says_what_is_missing(run_cli: object, tmp_path: Path) ->
     code, _, err = run_cli("serve", "--port", str(free_port()))  # type: ignore[operator]
     assert code != 0
     assert "spampots init" in err
+
+
+def test_metrics_count_taxii_requests_per_partner_and_status(
+    taxii: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    # this process's own samples, whatever other tests set up for many processes
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+
+    def counts() -> dict[tuple[str, str], float]:
+        text = requests.get(taxii.url + "/metrics", timeout=30).text
+        return {
+            (s.labels["partner"], s.labels["status"]): s.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "spampots_taxii_requests"
+            for s in family.samples
+            if s.name.endswith("_total")
+        }
+
+    before = counts()
+    objects = taxii.collection_url(TW_ORIGINATING) + "objects/"
+    for _ in range(2):
+        requests.get(objects, auth=AUTH, headers={"Accept": TAXII}, timeout=30)
+    requests.get(objects + "?limit=0", auth=AUTH, headers={"Accept": TAXII}, timeout=30)
+    requests.get(objects, auth=PUBLISHER, headers={"Accept": TAXII}, timeout=30)
+    requests.get(objects, headers={"Accept": TAXII}, timeout=30)
+    requests.get(taxii.url + "/healthz", timeout=30)
+    after = counts()
+    gained = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert gained == {
+        ("twcert", "200"): 2,
+        ("twcert", "400"): 1,
+        ("publisher", "200"): 1,
+        ("unauthenticated", "401"): 1,
+    }
