@@ -82,7 +82,7 @@ class Feed:
 @pytest.fixture
 def feed(tmp_path: Path, environ: dict[str, str]) -> Feed:
     generated = generate(
-        tmp_path / "spool", tmp_path / "mmdb", 400, seed=7, start=NOW - dt.timedelta(days=2)
+        tmp_path / "spool", tmp_path / "mmdb", 300, seed=7, start=NOW - dt.timedelta(days=2)
     )
     partners = tmp_path / "partners.yaml"
     partners.write_text(partners_text())
