@@ -242,7 +242,8 @@ def render_text(digest: Digest) -> str:
     lines += [f"  {line}" for line in _poll_lines(digest)] or ["  none"]
     lines += [
         "",
-        "Attached: per direction, one CSV row per source IP and one per URL (times in UTC).",
+        "Attached: per direction, one CSV row per source IP and one per URL; times in UTC,",
+        "'timestamp' is the start of the week.",
         f"Questions: reply to this message or write to {digest.producer_contact} "
         f"quoting {digest.report_id}.",
         f"-- {digest.producer_name}",
@@ -352,8 +353,9 @@ def render_html(digest: Digest, chart_cid: str) -> str:
         )
     )
     parts.append(
-        "<p>Attached: per direction, one CSV row per source IP and one per URL (times in "
-        f"UTC). Questions: reply to this message or write to {e(digest.producer_contact)} "
+        "<p>Attached: per direction, one CSV row per source IP and one per URL; times in UTC, "
+        "'timestamp' is the start of the week. Questions: reply to this message or write to "
+        f"{e(digest.producer_contact)} "
         f"quoting {e(digest.report_id)}.</p><p>-- {e(digest.producer_name)}</p></body></html>"
     )
     return "".join(parts)

@@ -105,6 +105,8 @@ def test_digest_arrives_with_parts_chart_and_csv_equal_to_the_store(
     # The chart: a real PNG, inline, referenced by the HTML through its Content-ID.
     cid = png["Content-ID"].strip("<>")
     assert f'src="cid:{cid}"' in html.get_content()
+    assert "write to cert@example.org quoting SPAMPOTS-TWCERT-2026-W47" in html.get_content()
+    assert "{" not in html.get_content()  # nothing left unformatted
     assert png.get_content_disposition() == "inline"
     image = Image.open(io.BytesIO(png.get_content()))
     assert image.format == "PNG" and image.size == (640, 280)
