@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", help="data folder (overrides SPAMPOTS_HOME)")
     parser.add_argument("--database-url", help="store URL (overrides SPAMPOTS_DATABASE_URL)")
     parser.add_argument("--partners", help="partners file (overrides SPAMPOTS_PARTNERS)")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], help="log lines (overrides SPAMPOTS_LOG_FORMAT)"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     init = commands.add_parser(
@@ -63,9 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hasher.set_defaults(handler=cmd_hash_password)
 
-    run = commands.add_parser("run", help="set up and run the service on this machine")
-    run.set_defaults(handler=cmd_run)
-
     serve = commands.add_parser("serve", help="run the TAXII 2.1 server (gunicorn)")
     serve.add_argument("--host", help="address to listen on (default: SPAMPOTS_TAXII_HOST)")
     serve.add_argument("--port", type=int, help="port (default: SPAMPOTS_TAXII_PORT)")
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_publishing_commands(commands)
     add_ingest_commands(commands)
     add_digest_commands(commands)
+    add_service_commands(commands)
     return parser
 
 
@@ -124,16 +125,43 @@ def cmd_hash_password(
     return 0
 
 
+def add_service_commands(commands: Any) -> None:
+    """worker, run (issue 7)."""
+    worker = commands.add_parser(
+        "worker", help="run the scheduled jobs (one worker is active, others stand by)"
+    )
+    worker.add_argument(
+        "--check", action="store_true", help="exit 0 if a worker ticked recently (healthcheck)"
+    )
+    worker.set_defaults(handler=cmd_worker)
+    run = commands.add_parser(
+        "run", help="initialise, then run the worker and the TAXII server on this machine"
+    )
+    run.set_defaults(handler=cmd_run)
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    if args.check:
+        from feeds.worker import heartbeat_age
+
+        age = heartbeat_age(settings)
+        if age is None or age > 60:
+            shown = "never" if age is None else f"{age:.0f} s ago"
+            print(f"no worker heartbeat in {settings.home} (last: {shown})", file=sys.stderr)
+            return 1
+        return 0
+    from feeds.service import run_worker
+
+    return run_worker(settings)
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from feeds.home import init_home
-    from feeds.partners import load_partners
+    from feeds.service import run_all
 
     for line in init_home(settings).lines():
         print(line)
-    config = load_partners(settings.partners)
-    for line in config.summary_lines():
-        print(line)
-    return 0
+    return run_all(settings)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -177,6 +205,14 @@ def add_publishing_commands(commands: Any) -> None:
     verify.add_argument("--jwks", required=True, help="the producer's JWKS: URL or file")
     verify.add_argument("--out", help="write the verified objects as a STIX bundle here")
     verify.add_argument("--page-size", type=int, default=1000, help="objects per request")
+    verify.add_argument(
+        "--trust-kid",
+        action="append",
+        default=[],
+        metavar="KID",
+        help="accept only signatures by this key (repeat for several): the kids the "
+        "producer announced out of band",
+    )
     verify.set_defaults(handler=cmd_verify)
 
 
@@ -244,6 +280,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         jwks_source=args.jwks,
         out=Path(args.out) if args.out else None,
         page_size=args.page_size,
+        trusted_kids=frozenset(args.trust_kid),
     )
     return 0 if outcome.ok else 1
 
@@ -382,7 +419,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(
-            home=args.home, database_url=args.database_url, partners=args.partners
+            home=args.home,
+            database_url=args.database_url,
+            partners=args.partners,
+            log_format=args.log_format,
         )
         handler: Handler = args.handler
         return handler(args, settings)

@@ -129,9 +129,9 @@ def verify_jws(manifest: Mapping[str, Any], jws: str, keys: Mapping[str, Ed25519
     key = keys.get(kid)
     if key is None:
         raise SignatureError(
-            f"key {kid or '(none)'} is not in the JWKS",
+            f"key {kid or '(none)'} is not among the trusted keys of the JWKS",
             hint="fetch the producer's current JWKS, or ask the producer "
-            "whether the key was revoked",
+            "whether the key was revoked or should be trusted",
             kid=kid,
         )
     # A verifier recomputes RFC 8785 with the reference implementation, not the fast path.

@@ -114,9 +114,16 @@ def poll(collection: Collection, page_size: int) -> Iterator[StixObject]:
 
 
 def verify_objects(
-    objects: list[StixObject], jwks: dict[str, Any], collection_id: str | None
+    objects: list[StixObject],
+    jwks: dict[str, Any],
+    collection_id: str | None,
+    trusted_kids: frozenset[str] = frozenset(),
 ) -> VerifyOutcome:
+    """Check every signed report among ``objects``; with ``trusted_kids``, only signatures by
+    those keys (the kids the producer announced out of band) count."""
     keys = public_keys(jwks)
+    if trusted_kids:
+        keys = {kid: key for kid, key in keys.items() if kid in trusted_kids}
     stored: dict[tuple[str, str], list[StixObject]] = defaultdict(list)
     reports = []
     for obj in objects:
@@ -188,6 +195,7 @@ def verify_collection(
     jwks_source: str,
     out: Path | None = None,
     page_size: int = 1000,
+    trusted_kids: frozenset[str] = frozenset(),
     emit: Print = print,
 ) -> VerifyOutcome:
     jwks = load_jwks(jwks_source)
@@ -208,7 +216,7 @@ def verify_collection(
             f"cannot poll {url}: {error}",
             hint="check the discovery URL and that the server answers",
         ) from None
-    outcome = verify_objects(objects, jwks, found.id)
+    outcome = verify_objects(objects, jwks, found.id, trusted_kids)
     for check in outcome.checks:
         emit(describe(check))
     if not outcome.checks:

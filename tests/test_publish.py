@@ -350,6 +350,29 @@ def test_after_rotation_old_and_new_batches_verify_from_an_exported_jwks(
     kids = {line.rsplit(" ", 1)[1] for line in out.splitlines() if ": ok," in line}
     assert len(kids) == 2
     assert orjson.loads(bundle.read_bytes())["type"] == "bundle"
+    # A partner that pinned only the new key: the older batches do not count.
+    with engine.connect() as connection:
+        newest = connection.execute(
+            sa.select(feed_batches.c.kid).order_by(feed_batches.c.issued.desc()).limit(1)
+        ).scalar_one()
+    code, out, _ = run_cli(
+        "verify",
+        "--url",
+        server.discovery,
+        "--collection",
+        "jpcert-originating",
+        "--user",
+        "jpcert",
+        "--password-file",
+        feed.password_file("jpcert"),
+        "--jwks",
+        str(jwks_file),
+        "--trust-kid",
+        newest,
+        env=env,
+    )
+    assert code == 1
+    assert f"signed by {newest}" in out and "not among the trusted keys" in out
 
 
 def test_publish_names_an_unknown_partner(feed: Feed, run_cli: Any) -> None:
