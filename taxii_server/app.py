@@ -334,7 +334,10 @@ def _count_request(response: Response) -> Response:
     if request.endpoint not in UNCOUNTED:
         principal: Principal | None = g.get("principal")
         label = principal.label if principal else "unauthenticated"
-        metrics().taxii_requests.labels(partner=label, status=str(response.status_code)).inc()
+        try:
+            metrics().taxii_requests.labels(partner=label, status=str(response.status_code)).inc()
+        except OSError as error:  # a full or vanished metrics folder must not fail the poll
+            log.error("cannot count the request in the metrics: %s", error)
     return response
 
 
