@@ -176,11 +176,18 @@ class BatchBuilder:
             ),
             stix.tlp_marking(self.partner.tlp),
             stix.tlp_extension_definition(),
-            stix.signature_extension_definition(self.producer_id),
+            self._versioned(
+                lambda modified: stix.signature_extension_definition(self.producer_id, modified),
+                first=stix.SIGNATURE_EXTENSION_CREATED,
+            ),
         ]
 
-    def _versioned(self, make: Callable[[str], stix.StixObject]) -> stix.StixObject:
-        probe: stix.StixObject = make(stix.IDENTITY_CREATED)
+    def _versioned(
+        self, make: Callable[[str], stix.StixObject], first: str = stix.IDENTITY_CREATED
+    ) -> stix.StixObject:
+        """The object with the ``modified`` its content was first published with: a change
+        of content (a producer renamed) is a new version, never new bytes under a signed one."""
+        probe: stix.StixObject = make(first)
         content = {k: v for k, v in probe.items() if k != "modified"}
         content_sha = digest_of_canonical(stix.dumps(content))
         t = feed_object_versions.c
@@ -192,11 +199,7 @@ class BatchBuilder:
         latest = self.connection.execute(
             sa.select(sa.func.max(t.modified)).where(t.object_id == probe["id"])
         ).scalar()
-        modified = (
-            stix.IDENTITY_CREATED
-            if latest is None
-            else self._after(str(latest), self.context.issued)
-        )
+        modified = first if latest is None else self._after(str(latest), self.context.issued)
         self.connection.execute(
             feed_object_versions.insert().values(
                 object_id=probe["id"], content_sha256=content_sha, modified=modified

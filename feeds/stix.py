@@ -178,14 +178,16 @@ def tlp_extension_definition() -> StixObject:
     }
 
 
-def signature_extension_definition(producer_id: str) -> StixObject:
+def signature_extension_definition(
+    producer_id: str, modified: str = SIGNATURE_EXTENSION_CREATED
+) -> StixObject:
     return {
         "type": "extension-definition",
         "spec_version": "2.1",
         "id": SIGNATURE_EXTENSION_ID,
         "created_by_ref": producer_id,
         "created": SIGNATURE_EXTENSION_CREATED,
-        "modified": SIGNATURE_EXTENSION_CREATED,
+        "modified": modified,
         "name": "SpamPots signed publication batch",
         "description": "A report ending each publication batch carries 'manifest' (the id, "
         "version and SHA-256 of the RFC 8785 form of every object of the batch) and 'jws' (a "

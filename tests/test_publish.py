@@ -483,3 +483,26 @@ def test_a_backlog_is_published_in_slices(feed: Feed, server: RunningServer) -> 
             by_address.setdefault(obj["pattern"].split("'")[1], set()).add(obj["id"])
     assert set(by_address) == tw_addresses(feed)
     assert all(len(ids) == 1 for ids in by_address.values())  # one id per address
+
+
+def test_a_changed_producer_is_a_new_identity_version(feed: Feed, server: RunningServer) -> None:
+    publish(feed.settings, partner_id="jpcert", now=NOW)
+    partners = Path(feed.settings.partners)
+    partners.write_text(partners.read_text().replace("cert@example.org", "cti@example.org"))
+    engine = engine_for(feed.settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(feed_watermarks.update().values(last_message_id=0))
+    publish(feed.settings, partner_id="jpcert", now=NOW + dt.timedelta(hours=1))
+    outcome, lines = verify(feed, server, "jpcert-originating", user="jpcert")
+    assert outcome.ok, lines  # the first batches still verify: nothing re-signed in place
+    producers = [
+        o
+        for o in outcome.verified
+        if o["type"] == "identity" and o.get("identity_class") == "organization"
+    ]
+    assert sorted(o["contact_information"] for o in producers) == [
+        "cert@example.org",
+        "cti@example.org",
+    ]
+    assert len({o["id"] for o in producers}) == 1
+    assert len({o["modified"] for o in producers}) == 2
