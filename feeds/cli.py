@@ -172,7 +172,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_publishing_commands(commands: Any) -> None:
     """keys, publish and verify (issue 5)."""
-    keys = commands.add_parser("keys", help="signing keys: generate, list, rotate, export-jwks")
+    keys = commands.add_parser(
+        "keys", help="signing keys: generate, list, rotate, revoke, export-jwks"
+    )
     key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     key_commands.add_parser(
         "generate", help="publish a new key as the next one (active if there is none)"
@@ -183,6 +185,11 @@ def add_publishing_commands(commands: Any) -> None:
     key_commands.add_parser(
         "rotate", help="activate the next key (made now if none); the active one retires"
     ).set_defaults(handler=cmd_keys_rotate)
+    revoke = key_commands.add_parser(
+        "revoke", help="take a compromised (not active) key out of the JWKS"
+    )
+    revoke.add_argument("kid", help="the key's kid, as 'keys list' shows it")
+    revoke.set_defaults(handler=cmd_keys_revoke)
     export = key_commands.add_parser("export-jwks", help="print the public keys as a JWKS")
     export.add_argument("--out", help="write the JWKS to this file instead")
     export.set_defaults(handler=cmd_keys_export)
@@ -243,6 +250,15 @@ def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     if retired is not None:
         print(f"{retired.kid} retired (stays in the JWKS)")
     print(f"{active.kid} active")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from feeds.home import open_store
+    from feeds.keys import revoke_key
+
+    key = revoke_key(open_store(settings), args.kid)
+    print(f"{key.kid} revoked: no longer in the JWKS; tell the partners")
     return 0
 
 

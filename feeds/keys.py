@@ -203,3 +203,27 @@ def rotate_keys(engine: Engine, keys_dir: Path) -> tuple[SigningKey | None, Sign
         else None
     )
     return retired, activated
+
+
+def revoke_key(engine: Engine, kid: str) -> SigningKey:
+    """Take a compromised key out of the JWKS: batches it signed no longer verify."""
+    with engine.connect() as connection:
+        key = next((k for k in list_keys(connection) if k.kid == kid), None)
+    if key is None:
+        raise SigningKeyError(f"no signing key {kid}", hint="see 'spampots keys list'", kid=kid)
+    if key.status == "active":
+        raise SigningKeyError(
+            f"key {kid} is the active key",
+            hint="run 'spampots keys rotate' first, then revoke it",
+            kid=kid,
+        )
+    with write_transaction(engine) as connection:
+        connection.execute(
+            signing_keys.update()
+            .where(signing_keys.c.kid == kid)
+            .values(
+                status="revoked",
+                retired_at=sa.func.coalesce(signing_keys.c.retired_at, dt.datetime.now(dt.UTC)),
+            )
+        )
+    return SigningKey(key.kid, key.public_x, "revoked", key.created_at)

@@ -40,3 +40,17 @@ def test_generate_rotate_and_export(initialised: Settings, run_cli: Run) -> None
 def test_keys_need_an_initialised_store(settings: Settings, run_cli: Run) -> None:
     code, _, err = run_cli("keys", "list")
     assert code == 1 and "spampots init" in err
+
+
+def test_a_revoked_key_leaves_the_jwks(initialised: Settings, run_cli: Run) -> None:
+    (first,) = statuses(run_cli)
+    code, _, err = run_cli("keys", "revoke", first)
+    assert code == 1 and "is the active key" in err and "rotate" in err
+    assert run_cli("keys", "rotate")[0] == 0
+    code, out, _ = run_cli("keys", "revoke", first)
+    assert code == 0 and "revoked" in out
+    assert statuses(run_cli)[first] == "revoked"
+    kids = {key["kid"] for key in orjson.loads(run_cli("keys", "export-jwks")[1])["keys"]}
+    assert first not in kids and len(kids) == 1
+    code, _, err = run_cli("keys", "revoke", "no-such-kid")
+    assert code == 1 and "no signing key no-such-kid" in err
