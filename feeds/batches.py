@@ -240,12 +240,21 @@ def _port(data: dict[str, Any], name: str, *, required: bool = True) -> Any:
 
 def _address(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
+    if isinstance(value, str) and value in _normal_addresses:
+        return _normal_addresses[value]
     if not isinstance(value, str):
         raise RecordError(f"field {name!r}: expected an IPv4 or IPv6 address, got {value!r:.80}")
     try:
-        return str(ipaddress.ip_address(value))
+        normal = str(ipaddress.ip_address(value))
     except ValueError:
         raise RecordError(f"field {name!r}: not an IPv4 or IPv6 address: {value!r:.80}") from None
+    if len(_normal_addresses) > 100_000:
+        _normal_addresses.clear()
+    _normal_addresses[value] = normal
+    return normal
+
+
+_normal_addresses: dict[str, str] = {}  # the same abusers and servers recur all day
 
 
 def _timestamp(data: dict[str, Any], name: str) -> dt.datetime:

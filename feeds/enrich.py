@@ -243,6 +243,7 @@ class Enricher:
         return Answer(cc, asn, as_name, cc_source, asn_source)
 
 
+@functools.lru_cache(maxsize=100_000)
 def ip_key(address: str) -> str:
     """A fixed-width sortable key of an address: IPv4 as IPv4-mapped IPv6, 32 hex digits.
 

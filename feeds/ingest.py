@@ -27,7 +27,6 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from feeds.batches import (
@@ -57,6 +56,7 @@ from feeds.messages import (
     registrable_domain,
     url_host,
 )
+from feeds.partners import PartnersConfig
 from feeds.rawstore import store_raw
 from feeds.store import write_transaction
 from feeds.store.captures import message_domains, message_urls, messages, sessions, urls
@@ -91,10 +91,6 @@ class _WorkerState:
     spool_raw: Path
     raw_dir: Path
     parsed: collections.OrderedDict[str, ParsedMessage]
-    # Creating files is slow on some file systems; a thread keeps raw messages while the
-    # process parses (compression and file I/O release the GIL).
-    raw_writer: concurrent.futures.ThreadPoolExecutor
-    raw_writes: list[concurrent.futures.Future[bool]]
 
 
 _state: _WorkerState | None = None
@@ -102,16 +98,7 @@ _state: _WorkerState | None = None
 
 def _init_worker(config: EnrichmentConfig, spool_raw: Path, raw_dir: Path) -> None:
     global _state
-    if _state is not None:
-        _state.raw_writer.shutdown()
-    _state = _WorkerState(
-        Enricher(config),
-        spool_raw,
-        raw_dir,
-        collections.OrderedDict(),
-        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raw-writer"),
-        [],
-    )
+    _state = _WorkerState(Enricher(config), spool_raw, raw_dir, collections.OrderedDict())
 
 
 def prepare_chunk(lines: list[tuple[int, bytes]], last_line: int) -> Prepared:
@@ -127,10 +114,6 @@ def prepare_chunk(lines: list[tuple[int, bytes]], last_line: int) -> Prepared:
                 prepared.messages.append(_message_row(record, number, _state))
         except RecordError as error:
             prepared.rejected.append((number, error.reason, verbatim(line)))
-    # Every raw message of the chunk is kept before its rows can be committed.
-    writes, _state.raw_writes = _state.raw_writes, []
-    for write in writes:
-        write.result()
     return prepared
 
 
@@ -158,9 +141,9 @@ def _session_row(record: SessionRecord, line: int) -> dict[str, Any]:
 def _raw_of(record: MessageRecord, state: _WorkerState) -> bytes:
     if record.raw_b64 is not None:
         return decode_inline(record)
-    path = state.spool_raw / f"{record.raw_sha256}.eml"
     try:
-        raw = path.read_bytes()
+        with open(f"{state.spool_raw}/{record.raw_sha256}.eml", "rb") as handle:
+            raw = handle.read()
     except FileNotFoundError:
         raise RecordError(
             f"field 'raw_sha256': raw message raw/{record.raw_sha256}.eml is not in the spool"
@@ -180,9 +163,7 @@ def _parsed(raw: bytes, digest: str, state: _WorkerState) -> ParsedMessage:
 
 def _message_row(record: MessageRecord, line: int, state: _WorkerState) -> PreparedMessage:
     raw = _raw_of(record, state)
-    state.raw_writes.append(
-        state.raw_writer.submit(store_raw, state.raw_dir, record.raw_sha256, raw)
-    )
+    store_raw(state.raw_dir, record.raw_sha256, raw)
     parsed = _parsed(raw, record.raw_sha256, state)
     src = state.enricher.lookup(record.src_ip)
     dst: Answer = state.enricher.lookup(record.dst_ip) if record.dst_ip else NO_ANSWER
@@ -310,7 +291,7 @@ class _Writer:
             )
             url_links.extend((message_id, url) for url in message.urls)
         if domain_rows:
-            connection.execute(message_domains.insert(), domain_rows)
+            _bulk_insert(connection, message_domains, domain_rows)
         if url_links:
             self._store_urls(connection, url_links)
         return len(prepared) - len(stored)
@@ -348,8 +329,8 @@ class _Writer:
                 "domain": domain,
             }
         if new_rows:
-            connection.execute(urls.insert(), new_rows)
-        connection.execute(message_urls.insert(), list(link_rows.values()))
+            _bulk_insert(connection, urls, new_rows)
+        _bulk_insert(connection, message_urls, list(link_rows.values()))
         if len(self.url_ids) > 500_000:
             self.url_ids.clear()
 
@@ -387,8 +368,37 @@ def _count_from(connection: Connection, table: sa.Table, first: int) -> int:
 
 
 def _insert_ignore(connection: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    connection.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
+    _bulk_insert(connection, table, rows, ignore=True)
+
+
+def _bulk_insert(
+    connection: Connection, table: sa.Table, rows: list[dict[str, Any]], *, ignore: bool = False
+) -> None:
+    """executemany straight to the driver: at ingest volumes SQLAlchemy's per-row parameter
+    processing costs as much as SQLite's own work. Values are converted as SQLAlchemy would
+    store them (SQLite: UTC timestamps as text, booleans as integers)."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    names = ", ".join(columns)
+    if connection.dialect.name == "sqlite":
+        verb = "INSERT OR IGNORE" if ignore else "INSERT"
+        sql = f"{verb} INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
+        values = [tuple(_sqlite_value(row[c]) for c in columns) for row in rows]
+    else:
+        tail = " ON CONFLICT DO NOTHING" if ignore else ""
+        marks = ", ".join(["%s"] * len(columns))
+        sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}){tail}"  # noqa: S608
+        values = [tuple(row[c] for c in columns) for row in rows]
+    connection.exec_driver_sql(sql, values)
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, bool):
+        return int(value)
+    return value
 
 
 def _slices(items: list[str], size: int) -> Iterator[list[str]]:
@@ -652,12 +662,19 @@ def batch_paths(arguments: list[str]) -> list[Path]:
     return paths
 
 
-def ingest_run(settings: Any, workers: int | None = None) -> IngestRun:
-    """The stage as configured: the store, the spool, the data folder and the enrichment."""
+def ingest_run(
+    settings: Any, workers: int | None = None, partners: PartnersConfig | None = None
+) -> IngestRun:
+    """The stage as configured: the store, the spool, the data folder and the enrichment.
+
+    ``partners``: the configuration already loaded (a running worker's); otherwise the
+    partners file is read, if there is one.
+    """
     from feeds.home import open_store
     from feeds.partners import load_partners
 
-    partners = load_partners(settings.partners) if Path(settings.partners).is_file() else None
+    if partners is None and Path(settings.partners).is_file():
+        partners = load_partners(settings.partners)
     return IngestRun(
         engine=open_store(settings),
         spool=Path(settings.spool),

@@ -103,6 +103,7 @@ def extract_urls(text: str, *, is_html: bool = False) -> list[str]:
     return found
 
 
+@functools.lru_cache(maxsize=100_000)
 def url_host(url: str) -> str | None:
     """The host of ``url``, lowercased, or None when it has none or cannot be split."""
     try:

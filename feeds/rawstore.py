@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import threading
 from pathlib import Path
 
 from feeds.errors import StoreError
@@ -22,18 +21,19 @@ def raw_path(raw_dir: Path, sha256: str) -> Path:
 
 def store_raw(raw_dir: Path, sha256: str, raw: bytes) -> bool:
     """Keep ``raw`` under its digest unless already kept; True when this call wrote it."""
-    path = raw_path(raw_dir, sha256)
-    if path.exists():
-        return False
-    folder = str(path.parent)
+    # Plain os calls, no pathlib: this runs for every message ingested.
+    folder = f"{raw_dir}/{sha256[:2]}/{sha256[2:4]}"
+    path = f"{folder}/{sha256}.eml.gz"
     if folder not in _known_folders:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)  # noqa: PTH103
         _known_folders.add(folder)
-    temporary = f"{folder}/.{sha256}.{os.getpid()}.{threading.get_ident()}.tmp"
+    if os.path.exists(path):  # noqa: PTH110
+        return False
+    temporary = f"{folder}/.{sha256}.{os.getpid()}.tmp"
     with open(temporary, "wb") as handle:
         handle.write(gzip.compress(raw, compresslevel=6, mtime=0))
     # The rename makes the file appear whole or not at all, whoever else writes it too.
-    Path(temporary).replace(path)
+    os.replace(temporary, path)  # noqa: PTH105
     return True
 
 
