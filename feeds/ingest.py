@@ -46,7 +46,7 @@ from feeds.batches import (
     verbatim,
 )
 from feeds.enrich import NO_ANSWER, Answer, Enricher, EnrichmentConfig, SourceIds, ip_key
-from feeds.errors import UsageError
+from feeds.errors import StoreError, UsageError
 from feeds.messages import (
     ParsedMessage,
     clean_text,
@@ -148,6 +148,10 @@ def _raw_of(record: MessageRecord, state: _WorkerState) -> bytes:
         raise RecordError(
             f"field 'raw_sha256': raw message raw/{record.raw_sha256}.eml is not in the spool"
         ) from None
+    except OSError as error:  # unreadable (permissions, a folder): staff fix it, then retry
+        raise RecordError(
+            f"field 'raw_sha256': cannot read raw/{record.raw_sha256}.eml: {error.strerror}"
+        ) from None
     check_digest(record, raw, f"raw/{record.raw_sha256}.eml")
     return raw
 
@@ -163,7 +167,13 @@ def _parsed(raw: bytes, digest: str, state: _WorkerState) -> ParsedMessage:
 
 def _message_row(record: MessageRecord, line: int, state: _WorkerState) -> PreparedMessage:
     raw = _raw_of(record, state)
-    store_raw(state.raw_dir, record.raw_sha256, raw)
+    try:
+        store_raw(state.raw_dir, record.raw_sha256, raw)
+    except OSError as error:
+        raise StoreError(
+            f"cannot keep raw message {record.raw_sha256} in {state.raw_dir}: {error.strerror}",
+            hint="check the free space and permissions of the data folder, then ingest again",
+        ) from None
     parsed = _parsed(raw, record.raw_sha256, state)
     src = state.enricher.lookup(record.src_ip)
     dst: Answer = state.enricher.lookup(record.dst_ip) if record.dst_ip else NO_ANSWER

@@ -186,3 +186,14 @@ def test_bad_command_lines_are_one_clear_error(initialised: Any, run_cli: CLI) -
     assert code == 2 and "no such batch file" in err and "Traceback" not in err
     code, _, err = run_cli("stats", "--since", "yesterday")
     assert code == 2 and "--since" in err
+
+
+def test_an_unreadable_raw_message_is_quarantined(generated: GeneratedHome, run_cli: CLI) -> None:
+    spool_raw = Path(generated.settings.spool) / "raw"
+    victim = sorted(spool_raw.glob("*.eml"))[0]
+    victim.unlink()
+    victim.mkdir()  # reading it fails with an OS error other than "not found"
+    code, _, _ = run_cli("ingest", env=generated.environ)
+    assert code == 0
+    code, out, _ = run_cli("quarantine", "list", env=generated.environ)
+    assert code == 0 and f"cannot read raw/{victim.name}" in out
