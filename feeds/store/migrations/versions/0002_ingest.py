@@ -122,8 +122,9 @@ def upgrade() -> None:
         sa.Column("domain_rev", sa.String(256), nullable=False),
         sa.Column("recipients", sa.Integer, nullable=False),
     )
-    op.create_index("ix_message_domains_domain_rev", "message_domains",
-                    ["domain_rev", "message_id"])
+    op.create_index(
+        "ix_message_domains_domain_rev", "message_domains", ["domain_rev", "message_id"]
+    )
     op.create_table(
         "urls",
         sa.Column("id", ID, primary_key=True, autoincrement=False),
@@ -159,6 +160,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("quarantine", "message_urls", "urls", "message_domains", "messages",
-                  "sessions", "ingest_batches", "enrichment_sources"):
+    for table in (
+        "quarantine",
+        "message_urls",
+        "urls",
+        "message_domains",
+        "messages",
+        "sessions",
+        "ingest_batches",
+        "enrichment_sources",
+    ):
         op.drop_table(table)
