@@ -34,6 +34,14 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _stop_worker_when(stop: threading.Event, worker: Worker) -> None:
+    def wait_then_stop() -> None:
+        stop.wait()
+        worker.stop()
+
+    threading.Thread(target=wait_then_stop, daemon=True).start()
+
+
 def make_worker(settings: Settings) -> Worker:
     from feeds.jobs import jobs_for
 
@@ -46,7 +54,7 @@ def run_worker(settings: Settings) -> int:
     worker = make_worker(settings)
     stop = threading.Event()
     _stop_on_signals(stop)
-    threading.Thread(target=lambda: (stop.wait(), worker.stop()), daemon=True).start()
+    _stop_worker_when(stop, worker)
     worker.run_forever()
     return 0
 
@@ -74,7 +82,7 @@ def run_all(settings: Settings, serve_args: Sequence[str] = ()) -> int:
             stop.set()
 
     threading.Thread(target=watch_server, daemon=True).start()
-    threading.Thread(target=lambda: (stop.wait(), worker.stop()), daemon=True).start()
+    _stop_worker_when(stop, worker)
     try:
         worker.run_forever()
     finally:

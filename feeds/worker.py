@@ -69,6 +69,15 @@ class JobSpec:
 JobsFor = Callable[[Settings, PartnersConfig, Engine], list[JobSpec]]
 
 
+CATCH_UP = "catch-up"
+STAGE_ORDER = ("ingest", "publish", "expire", "digest")
+
+
+def _stage_order(spec: JobSpec) -> int:
+    kind = spec.name.split(":", 1)[0]
+    return STAGE_ORDER.index(kind) if kind in STAGE_ORDER else len(STAGE_ORDER)
+
+
 def _utc(moment: dt.datetime | None) -> dt.datetime | None:
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=dt.UTC)
@@ -220,16 +229,11 @@ class Worker:
     def _schedule(self, catch_up: bool) -> None:
         assert self.config is not None
         specs = self.jobs_for(self.settings, self.config, self.engine)
-        wanted = {spec.name for spec in specs}
+        wanted = {spec.name for spec in specs} | {CATCH_UP}
         for job in self.scheduler.get_jobs():
             if job.id not in wanted:
                 job.remove()
-        successes = last_successes(self.engine) if catch_up else {}
-        now = dt.datetime.now(dt.UTC)
         for spec in specs:
-            options: dict[str, Any] = {}
-            if catch_up and is_overdue(spec.trigger, successes.get(spec.name), now):
-                options["next_run_time"] = now
             self.scheduler.add_job(
                 self._run,
                 spec.trigger,
@@ -237,8 +241,34 @@ class Worker:
                 id=spec.name,
                 name=spec.name,
                 replace_existing=True,
-                **options,
             )
+        if catch_up:
+            successes = last_successes(self.engine)
+            now = dt.datetime.now(dt.UTC)
+            overdue = [s for s in specs if is_overdue(s.trigger, successes.get(s.name), now)]
+            if overdue:
+                overdue.sort(key=_stage_order)
+                self.scheduler.add_job(
+                    self._catch_up,
+                    args=[overdue],
+                    id=CATCH_UP,
+                    name=CATCH_UP,
+                    next_run_time=now,
+                    replace_existing=True,
+                )
+
+    def _catch_up(self, overdue: list[JobSpec]) -> None:
+        """What was missed, once each, in the order data flows: a digest sent on catching up
+        covers what the ingest and publish before it caught up."""
+        log.info(
+            "catching up %d jobs missed while no worker was active",
+            len(overdue),
+            extra={"jobs": ",".join(spec.name for spec in overdue)},
+        )
+        for spec in overdue:
+            if self._stop.is_set() or not self._active:
+                return
+            run_job(self.engine, spec)
 
     def _run(self, spec: JobSpec) -> None:
         run_job(self.engine, spec)
