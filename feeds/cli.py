@@ -138,6 +138,10 @@ def add_service_commands(commands: Any) -> None:
         "run", help="initialise, then run the worker and the TAXII server on this machine"
     )
     run.set_defaults(handler=cmd_run)
+    status = commands.add_parser(
+        "status", help="per partner: last batch, last poll, last digest, collection sizes"
+    )
+    status.set_defaults(handler=cmd_status)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -153,6 +157,25 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from feeds.service import run_worker
 
     return run_worker(settings)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime as dt
+
+    from feeds.home import open_store
+    from feeds.partners import load_partners
+    from feeds.status import partner_statuses
+
+    config = load_partners(settings.partners)
+    now = dt.datetime.now(dt.UTC)
+    with open_store(settings).connect() as connection:
+        statuses = partner_statuses(connection, config, now)
+    for status in statuses:
+        for line in status.lines(now):
+            print(line)
+    warned = sum(1 for status in statuses if status.warnings)
+    print(f"{len(statuses)} partners, {warned} with warnings")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

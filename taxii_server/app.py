@@ -9,6 +9,7 @@ endpoints (GET, POST) are our own: pages are made of the exact stored bytes, not
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 from collections.abc import Callable
@@ -56,7 +57,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 View = Callable[..., Any]
-UNCOUNTED = frozenset({"healthz", "metrics", "jwks"})
+UNCOUNTED = frozenset({"healthz", "readyz", "metrics", "jwks"})
 HTTP_STATUS_TITLES = {
     400: "Bad Request",
     403: "Forbidden",
@@ -148,6 +149,7 @@ def _add_routes(app: Flask, server: TaxiiServer) -> None:
         endpoint = rule.strip("/").replace("<string:", "").replace(">", "") or "discovery"
         app.add_url_rule(rule, endpoint, _taxii_endpoint(server, view), methods=methods)
     app.add_url_rule("/healthz", "healthz", functools.partial(_healthz, server))
+    app.add_url_rule("/readyz", "readyz", functools.partial(_readyz, server))
     app.add_url_rule("/metrics", "metrics", _metrics)
     app.add_url_rule("/.well-known/jwks.json", "jwks", functools.partial(_jwks, server))
 
@@ -288,6 +290,24 @@ def _healthz(server: TaxiiServer) -> Response:
             content_type="application/json",
         )
     return Response(orjson.dumps({"status": "ok"}), content_type="application/json")
+
+
+def _readyz(server: TaxiiServer) -> Response:
+    """Ready: the store answers and every partner's publishing ran within twice its interval."""
+    from feeds.status import readiness_problems
+
+    try:
+        with server.engine.connect() as connection:
+            problems = readiness_problems(
+                connection, server.partners.current(), dt.datetime.now(dt.UTC)
+            )
+    except sa.exc.SQLAlchemyError as error:
+        log.error("readiness check: the store does not answer: %s", error)
+        problems = ["the store does not answer"]
+    body = {"status": "not ready", "problems": problems} if problems else {"status": "ready"}
+    return Response(
+        orjson.dumps(body), status=503 if problems else 200, content_type="application/json"
+    )
 
 
 def _metrics() -> Response:
