@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/spampots run
+	$(BIN)/spampots demo
 
 lint: setup
 	$(BIN)/ruff check feeds taxii_server tests bench

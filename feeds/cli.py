@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -142,6 +143,11 @@ def add_service_commands(commands: Any) -> None:
         "status", help="per partner: last batch, last poll, last digest, collection sizes"
     )
     status.set_defaults(handler=cmd_status)
+    demo = commands.add_parser(
+        "demo", help="generate a week of data, ingest, publish, write digests, then run"
+    )
+    demo.add_argument("--messages", type=int, default=6000, help="messages to generate")
+    demo.set_defaults(handler=cmd_demo)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -176,6 +182,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     warned = sum(1 for status in statuses if status.warnings)
     print(f"{len(statuses)} partners, {warned} with warnings")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from feeds.demo import run_demo
+
+    return run_demo(settings, args.messages)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -472,6 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (| head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as error:  # the last guard: a person never sees a traceback
         if args.debug:
             raise

@@ -373,10 +373,13 @@ class Generator:
         gzip_every: int = 3,
         bad_every: int = 0,
         inline_every: int = 50,
+        span: dt.timedelta | None = None,
     ) -> tuple[list[Path], Expected]:
         """Write batches with about ``messages`` messages; returns the batches and figures.
 
         ``bad_every``: every so many records, one more that breaks the contract.
+        ``span``: spread the sessions over about this long from the start (a demo's week);
+        by default they come 0-3 seconds apart, as at the seed's rate.
         """
         rnd = self.random
         expected = Expected()
@@ -416,7 +419,12 @@ class Generator:
         while made < messages:
             session_number += 1
             sensor = rnd.choice(self.sensors)
-            ts += dt.timedelta(seconds=rnd.randint(0, 3))
+            if span is None:
+                ts += dt.timedelta(seconds=rnd.randint(0, 3))
+            else:
+                sessions_per_message = session_number / made if made else 1.0
+                mean = span.total_seconds() / messages / sessions_per_message
+                ts += dt.timedelta(seconds=rnd.uniform(0, 2 * mean))
             src_cc = self._pick(SOURCE_MIX)
             src_ip, src_net = self._host(src_cc)
             port, _, services = rnd.choices(PORTS, weights=[p[1] for p in PORTS])[0]
