@@ -173,3 +173,32 @@ def test_weekly_digest_trigger_is_overdue_only_after_its_fire_time() -> None:
     assert not is_overdue(
         trigger, monday_9_taipei + dt.timedelta(minutes=1), monday_9_taipei + dt.timedelta(days=6)
     )
+
+
+def test_json_logs_give_one_line_per_job_run_with_partner_batch_and_counts(
+    own_partners: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import logging
+
+    from feeds.logs import configure_logging
+
+    def publish() -> JobOutcome:
+        return JobOutcome("1 batches", counts={"objects": 42}, fields={"batch": "b-123"})
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("INFO", "json")
+    try:
+        run_job(
+            open_store(own_partners),
+            JobSpec("publish:twcert", interval(dt.timedelta(hours=1)), publish, partner="twcert"),
+        )
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    [entry] = [line for line in lines if line.get("job") == "publish:twcert"]
+    assert entry["partner"] == "twcert" and entry["batch"] == "b-123"
+    assert entry["objects"] == 42 and entry["level"] == "INFO"
+    assert entry["ts"].endswith("Z")
