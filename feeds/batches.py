@@ -216,7 +216,7 @@ def _text(data: dict[str, Any], name: str, *, required: bool = True, empty_ok: b
 
 def _choice(data: dict[str, Any], name: str, options: frozenset[str]) -> str:
     value = data.get(name)
-    if value not in options:
+    if not isinstance(value, str) or value not in options:  # a list or object is unhashable
         raise RecordError(
             f"field {name!r}: expected one of {', '.join(sorted(options))}, got {value!r:.80}"
         )
