@@ -50,15 +50,16 @@ def raw_messages(spool: Path, batches: list[Path]):  # type: ignore[no-untyped-d
                     yield (spool / "raw" / f"{record['raw_sha256']}.eml").read_bytes()
 
 
-def ceiling(spool: Path, batches: list[Path]) -> tuple[int, float]:
-    """Messages and seconds of compat32 parsing alone (reading excluded)."""
-    count, elapsed = 0, 0.0
+def ceiling(spool: Path, batches: list[Path]) -> tuple[int, float, float]:
+    """Messages, wall seconds and CPU seconds of compat32 parsing alone (reading excluded)."""
+    count, elapsed, cpu = 0, 0.0, 0.0
     for raw in raw_messages(spool, batches):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         email.message_from_bytes(raw, policy=compat32)
         elapsed += time.perf_counter() - start
+        cpu += time.process_time() - cpu_start
         count += 1
-    return count, elapsed
+    return count, elapsed, cpu
 
 
 def reset(work: Path) -> None:
@@ -99,9 +100,12 @@ def main() -> None:
         f"in {len(data.batches)} batches ({time.perf_counter() - start:.0f} s)"
     )
 
-    count, parse_seconds = ceiling(data.spool, data.batches)
+    count, parse_seconds, parse_cpu = ceiling(data.spool, data.batches)
     parse_rate = count / parse_seconds
-    print(f"ceiling: compat32 parse alone {parse_rate:,.0f} messages/s ({count:,} messages)")
+    print(
+        f"ceiling: compat32 parse alone {parse_rate:,.0f} messages/s, "
+        f"{count / parse_cpu:,.0f} per CPU-second ({count:,} messages)"
+    )
 
     rates: dict[int, float] = {}
     for workers in [int(w) for w in args.workers.split(",")]:
@@ -119,6 +123,7 @@ def main() -> None:
         print(
             f"workers={workers}: {rate:,.0f} messages/s end to end "
             f"({figures['seconds']:.1f} s wall, {figures['cpu']:.1f} s CPU, "
+            f"{data.expected.emails / figures['cpu']:,.0f} messages per CPU-second, "
             f"{figures['accepted']:,} records accepted); peak RSS main "
             f"{figures['rss_main']:.0f} MB, largest worker {figures['rss_worker']:.0f} MB; "
             f"ratio to the parse ceiling {rate / parse_rate:.2f}"

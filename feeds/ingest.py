@@ -48,6 +48,8 @@ from feeds.batches import (
 from feeds.enrich import NO_ANSWER, Answer, Enricher, EnrichmentConfig, SourceIds, ip_key
 from feeds.errors import StoreError, UsageError
 from feeds.messages import (
+    DEFAULT_LIMITS,
+    MessageLimits,
     ParsedMessage,
     clean_text,
     domain_key,
@@ -91,14 +93,20 @@ class _WorkerState:
     spool_raw: Path
     raw_dir: Path
     parsed: collections.OrderedDict[str, ParsedMessage]
+    limits: MessageLimits = DEFAULT_LIMITS
 
 
 _state: _WorkerState | None = None
 
 
-def _init_worker(config: EnrichmentConfig, spool_raw: Path, raw_dir: Path) -> None:
+def _init_worker(
+    config: EnrichmentConfig,
+    spool_raw: Path,
+    raw_dir: Path,
+    limits: MessageLimits = DEFAULT_LIMITS,
+) -> None:
     global _state
-    _state = _WorkerState(Enricher(config), spool_raw, raw_dir, collections.OrderedDict())
+    _state = _WorkerState(Enricher(config), spool_raw, raw_dir, collections.OrderedDict(), limits)
 
 
 def prepare_chunk(lines: list[tuple[int, bytes]], last_line: int) -> Prepared:
@@ -115,6 +123,11 @@ def prepare_chunk(lines: list[tuple[int, bytes]], last_line: int) -> Prepared:
         except RecordError as error:
             prepared.rejected.append((number, error.reason, verbatim(line)))
     return prepared
+
+
+def _one_line(text: str) -> str:
+    """No CR or LF: an envelope address never carries a header into a later use of it."""
+    return text.replace("\r", " ").replace("\n", " ")
 
 
 def _session_row(record: SessionRecord, line: int) -> dict[str, Any]:
@@ -159,7 +172,7 @@ def _raw_of(record: MessageRecord, state: _WorkerState) -> bytes:
 def _parsed(raw: bytes, digest: str, state: _WorkerState) -> ParsedMessage:
     cached = state.parsed.get(digest)
     if cached is None:
-        cached = state.parsed[digest] = parse_message(raw)
+        cached = state.parsed[digest] = parse_message(raw, state.limits)
         if len(state.parsed) > 2000:
             state.parsed.popitem(last=False)
     return cached
@@ -180,7 +193,7 @@ def _message_row(record: MessageRecord, line: int, state: _WorkerState) -> Prepa
     dst_host = record.dst_host.lower().rstrip(".") if record.dst_host else None
     domains: dict[str, int] = {}
     for address in record.rcpt_to:
-        domain = clean_text(recipient_domain(address))[:255]
+        domain = _one_line(clean_text(recipient_domain(address)))[:255]
         if domain:
             domains[domain] = domains.get(domain, 0) + 1
     found_urls = []
@@ -215,7 +228,7 @@ def _message_row(record: MessageRecord, line: int, state: _WorkerState) -> Prepa
         "dst_cc_source": dst.cc_source,
         "dst_asn_source": dst.asn_source,
         "dst_port": record.dst_port,
-        "mail_from": clean_text(record.mail_from),
+        "mail_from": _one_line(clean_text(record.mail_from)),
         "rcpt_count": len(record.rcpt_to),
         "rcpt_to": orjson.dumps(record.rcpt_to).decode(),
         "raw_sha256": record.raw_sha256,
@@ -394,7 +407,10 @@ def _bulk_insert(
     if connection.dialect.name == "sqlite":
         verb = "INSERT OR IGNORE" if ignore else "INSERT"
         sql = f"{verb} INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
-        values = [tuple(_sqlite_value(row[c]) for c in columns) for row in rows]
+        convert = [c for c in columns if isinstance(table.c[c].type, (sa.DateTime, sa.Boolean))]
+        if convert:
+            rows = [{**row, **{c: _sqlite_value(row[c]) for c in convert}} for row in rows]
+        values = [tuple(row[c] for c in columns) for row in rows]
     else:
         tail = " ON CONFLICT DO NOTHING" if ignore else ""
         marks = ", ".join(["%s"] * len(columns))
@@ -449,6 +465,7 @@ class IngestRun:
     workers: int = 1
     chunk_lines: int = CHUNK_LINES
     on_chunk: Callable[[str, int], None] | None = None  # tests and progress output
+    message_limits: MessageLimits = DEFAULT_LIMITS
 
     def run(self, paths: Iterable[Path] | None = None) -> list[BatchReport]:
         batches = list(paths) if paths is not None else find_batches(self.spool / "incoming")
@@ -462,9 +479,9 @@ class IngestRun:
     def _preparer(self) -> Any:
         spool_raw = self.spool / "raw"
         if self.workers <= 1:
-            _init_worker(self.enrichment, spool_raw, self.raw_dir)
+            _init_worker(self.enrichment, spool_raw, self.raw_dir, self.message_limits)
             return _InProcess()
-        return _Pool(self.workers, (self.enrichment, spool_raw, self.raw_dir))
+        return _Pool(self.workers, (self.enrichment, spool_raw, self.raw_dir, self.message_limits))
 
     def _name(self, path: Path) -> str:
         try:
@@ -692,4 +709,5 @@ def ingest_run(
         enrichment=EnrichmentConfig.from_settings(settings, partners),
         workers=workers or settings.ingest_workers,
         chunk_lines=settings.ingest_chunk_lines,
+        message_limits=MessageLimits.from_settings(settings),
     )
