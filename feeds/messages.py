@@ -4,6 +4,12 @@ Spam is hostile input: made-up charsets, broken MIME, 8-bit headers, ``Message-I
 truncated bodies. The stdlib parser with the compat32 policy reads all of it without raising
 (``policy.default`` raises on several of these and is ten times slower); every decoding step
 below falls back instead of failing, so a message is always stored with what could be read.
+
+The work per message is bounded by :class:`MessageLimits` (settings ``max_message_bytes``,
+``max_mime_parts``, ``max_mime_depth``, ``max_part_decoded_bytes``): a 50 MB message, 10,000
+parts, multiparts nested a thousand deep or a huge base64 part cost no more than the limits
+allow. Each limit reached is named in ``ParsedMessage.limits`` and counted as a defect; the raw
+message itself is always kept whole.
 """
 
 from __future__ import annotations
@@ -11,12 +17,15 @@ from __future__ import annotations
 import codecs
 import email
 import email.header
+import email.parser
 import functools
 import html
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from email.policy import compat32
+from typing import Any
 from urllib.parse import urlsplit
 
 from publicsuffixlist import PublicSuffixList
@@ -32,6 +41,26 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
+class MessageLimits:
+    max_message_bytes: int = 8 << 20
+    max_parts: int = 1000
+    max_depth: int = 20
+    max_part_decoded_bytes: int = 2 << 20
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> MessageLimits:
+        return cls(
+            settings.max_message_bytes,
+            settings.max_mime_parts,
+            settings.max_mime_depth,
+            settings.max_part_decoded_bytes,
+        )
+
+
+DEFAULT_LIMITS = MessageLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedMessage:
     header_from: str | None
     subject: str | None
@@ -42,17 +71,26 @@ class ParsedMessage:
     languages: tuple[str, ...]
     urls: tuple[str, ...]
     defects: int
+    limits: tuple[str, ...] = ()  # the limits reached: bytes, depth, parts, decoded
 
 
-def parse_message(raw: bytes) -> ParsedMessage:
-    """The essentials of ``raw``; never raises on malformed content."""
-    message = email.message_from_bytes(raw, policy=compat32)
+def parse_message(raw: bytes, limits: MessageLimits = DEFAULT_LIMITS) -> ParsedMessage:
+    """The essentials of ``raw``, within ``limits``; never raises on malformed content."""
+    reached: dict[str, None] = {}
+    if len(raw) > limits.max_message_bytes:
+        raw = raw[: limits.max_message_bytes]
+        reached["bytes"] = None
+    try:
+        message = email.message_from_bytes(raw, policy=compat32)
+    except RecursionError:  # the stdlib parser recurses once per nested multipart
+        message = email.parser.BytesHeaderParser(policy=compat32).parsebytes(raw)
+        reached["depth"] = None
     content_types: list[str] = []
     charsets: list[str] = []
     languages: list[str] = []
     urls: dict[str, None] = {}
     defects = len(message.defects)
-    for part in message.walk():
+    for part in _walk(message, limits, reached):
         defects += len(part.defects) if part is not message else 0
         content_type = _safe_content_type(part)
         _add_unique(content_types, content_type)
@@ -67,7 +105,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         if charset:
             _add_unique(charsets, charset)
         if content_type.startswith("text/") and len(urls) < MAX_URLS:
-            text = _decoded_text(part, charset)
+            text = _decoded_text(part, charset, limits.max_part_decoded_bytes, reached)
             for url in extract_urls(text, is_html=content_type == "text/html"):
                 urls.setdefault(url, None)
     return ParsedMessage(
@@ -79,8 +117,30 @@ def parse_message(raw: bytes) -> ParsedMessage:
         charsets=tuple(charsets),
         languages=tuple(languages),
         urls=tuple(urls)[:MAX_URLS],
-        defects=defects,
+        defects=defects + len(reached),
+        limits=tuple(reached),
     )
+
+
+def _walk(message: Message, limits: MessageLimits, reached: dict[str, None]) -> Iterator[Message]:
+    """The parts depth first, like ``Message.walk`` but iterative and within ``limits``."""
+    stack = [(message, 0)]
+    count = 0
+    while stack:
+        part, depth = stack.pop()
+        count += 1
+        if count > limits.max_parts:
+            reached["parts"] = None
+            return
+        yield part
+        children = part.get_payload() if part.is_multipart() else None
+        if isinstance(children, list):
+            if depth >= limits.max_depth:
+                reached["depth"] = None
+                continue
+            stack.extend(
+                (child, depth + 1) for child in reversed(children) if isinstance(child, Message)
+            )
 
 
 def clean_text(text: str) -> str:
@@ -185,14 +245,28 @@ def _codec_for(charset: str | None) -> str:
     return "latin-1"  # every byte decodes: URLs are ASCII anyway
 
 
-def _decoded_text(part: Message, charset: str | None) -> str:
+def _decoded_text(part: Message, charset: str | None, limit: int, reached: dict[str, None]) -> str:
+    encoded = part.get_payload()
+    if isinstance(encoded, str):
+        # Cut before decoding: base64 takes 4/3 of its output plus line breaks, QP up to 3x.
+        encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        cut = limit * {"base64": 2, "quoted-printable": 3}.get(encoding, 1)
+        if len(encoded) > cut:
+            kept = encoded[:cut]
+            if encoding == "base64":  # whole lines (or 4-character groups) still decode
+                kept = kept.rpartition("\n")[0] or kept[: cut - cut % 4]
+            part.set_payload(kept)
+            reached["decoded"] = None
     try:
         payload = part.get_payload(decode=True)
     except Exception:
         payload = None
     if not isinstance(payload, bytes):
         raw = part.get_payload()
-        return raw if isinstance(raw, str) else ""
+        return raw[:limit] if isinstance(raw, str) else ""
+    if len(payload) > limit:
+        payload = payload[:limit]
+        reached["decoded"] = None
     try:
         return payload.decode(_codec_for(charset), "replace")
     except Exception:  # some codecs raise other errors than UnicodeDecodeError
