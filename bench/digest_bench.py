@@ -81,9 +81,11 @@ CHUNK = 100_000
 class World:
     """Pools with the seed's shapes: sources, mail servers, recipient domains, URLs."""
 
-    def __init__(self, rng: random.Random, messages: int) -> None:
+    def __init__(
+        self, rng: random.Random, messages: int, ips: int | None = None, urls: int | None = None
+    ) -> None:
         self.rng = rng
-        unique_ips = max(1_000, min(60_000, messages // 150))
+        unique_ips = ips or max(1_000, min(60_000, messages // 150))
         economies = list(SOURCE_MIX)
         weights = [SOURCE_MIX[e] for e in economies]
         self.sources: list[tuple[str, str, int, str]] = []
@@ -114,7 +116,7 @@ class World:
             self.targets.append((host, address, economy, TLDS.get(economy, "com")))
         self.target_weights = [1 / (rank + 1) ** 0.5 for rank in range(len(self.targets))]
         self.urls: list[tuple[str, str, str]] = []
-        for number in range(max(500, min(50_000, messages // 150))):
+        for number in range(urls or max(500, min(50_000, messages // 150))):
             domain = f"campaign{number % 5_000}.{rng.choice(['com', 'net', 'info', 'tw', 'cn'])}"
             host = f"www.{domain}"
             self.urls.append((f"http://{host}/p/{number}", host, domain))
@@ -373,6 +375,8 @@ def main() -> None:
         default=1_200_000,
         help="messages ingested between two rollup refreshes (one seed-day)",
     )
+    parser.add_argument("--ips", type=int, help="source IP pool (default: messages/150, <= 60k)")
+    parser.add_argument("--urls", type=int, help="URL pool (default: messages/150, <= 50k)")
     parser.add_argument("--work", help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the data afterwards")
     args = parser.parse_args()
@@ -399,7 +403,7 @@ def main() -> None:
         init_home(settings)
         engine = engine_for(url)
         config = load_partners(settings.partners)
-        world = World(random.Random(args.seed), args.messages)
+        world = World(random.Random(args.seed), args.messages, args.ips, args.urls)
         writing, summing = generate(engine, world, args.messages, config, args.rollup_every)
         print(
             f"{engine.dialect.name}: wrote {args.messages:,} messages of {WEEK.label} "

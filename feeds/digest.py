@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from feeds import rollups
 from feeds.errors import UsageError
 from feeds.partners import Partner, PartnersConfig
-from feeds.rollups import ip_days, session_days, url_days, url_domain_days
+from feeds.rollups import day_totals, ip_weeks, session_weeks, url_domain_weeks, url_weeks
 from feeds.store.captures import urls
 
 DIRECTION_TITLES = {"originating": "from your networks", "returning": "to your networks"}
@@ -256,12 +256,10 @@ def _snapshot(engine: Engine) -> Connection:
 def _in_week(
     table: sa.Table, partner_id: str, direction: str, week: Week
 ) -> sa.ColumnElement[bool]:
-    days = week.days
     return sa.and_(
         table.c.partner_id == partner_id,
         table.c.direction == direction,
-        table.c.day >= days[0],
-        table.c.day <= days[-1],
+        table.c.week == week.days[0],
     )
 
 
@@ -270,11 +268,15 @@ def _direction(
 ) -> DirectionFigures:
     sources = _sources(connection, partner_id, direction, week)
     url_rows = _urls(connection, partner_id, direction, week)
+    t = day_totals.c
     per_day = dict(
         connection.execute(
-            sa.select(ip_days.c.day, sa.func.sum(ip_days.c.messages))
-            .where(_in_week(ip_days, partner_id, direction, week))
-            .group_by(ip_days.c.day)
+            sa.select(t.day, t.messages).where(
+                t.partner_id == partner_id,
+                t.direction == direction,
+                t.day >= week.days[0],
+                t.day <= week.days[-1],
+            )
         ).all()
     )
     by_asn: dict[int | None, list[Any]] = {}
@@ -290,12 +292,12 @@ def _direction(
         Ranked(s.ip, f"AS{s.asn} {s.as_name or ''}".strip() if s.asn else "", s.messages)
         for s in _top(sources, key=lambda s: s.messages)
     ]
-    d = url_domain_days.c
+    d = url_domain_weeks.c
     top_domains = [
         Ranked(domain, "", int(count))
         for domain, count in connection.execute(
             sa.select(d.domain, sa.func.sum(d.messages).label("n"))
-            .where(_in_week(url_domain_days, partner_id, direction, week))
+            .where(_in_week(url_domain_weeks, partner_id, direction, week))
             .group_by(d.domain)
             .order_by(sa.desc("n"), d.domain)
             .limit(TOP)
@@ -332,18 +334,18 @@ def _totals(sources: list[SourceRow], url_rows: list[UrlRow]) -> Totals:
 
 
 def _previous_totals(connection: Connection, partner_id: str, direction: str, week: Week) -> Totals:
-    i = ip_days.c
+    i = ip_weeks.c
     row = connection.execute(
         sa.select(
             sa.func.sum(i.messages),
             sa.func.sum(i.recipients),
             sa.func.count(sa.distinct(i.src_ip)),
             sa.func.count(sa.distinct(i.src_asn)),
-        ).where(_in_week(ip_days, partner_id, direction, week))
+        ).where(_in_week(ip_weeks, partner_id, direction, week))
     ).one()
     unique_urls = connection.execute(
-        sa.select(sa.func.count(sa.distinct(url_days.c.url_id))).where(
-            _in_week(url_days, partner_id, direction, week)
+        sa.select(sa.func.count(sa.distinct(url_weeks.c.url_id))).where(
+            _in_week(url_weeks, partner_id, direction, week)
         )
     ).scalar()
     return Totals(
@@ -358,12 +360,12 @@ def _utc(moment: dt.datetime) -> dt.datetime:
 def _sources(
     connection: Connection, partner_id: str, direction: str, week: Week
 ) -> list[SourceRow]:
-    i = ip_days.c
-    s = session_days.c
+    i = ip_weeks.c
+    s = session_weeks.c
     ports: dict[str, set[int]] = defaultdict(set)
     for ip, port in connection.execute(
         sa.select(s.src_ip, s.listen_port)
-        .where(_in_week(session_days, partner_id, direction, week))
+        .where(_in_week(session_weeks, partner_id, direction, week))
         .group_by(s.src_ip, s.listen_port)
     ):
         ports[ip].add(int(port))
@@ -378,7 +380,7 @@ def _sources(
             sa.func.min(i.first_seen),
             sa.func.max(i.last_seen),
         )
-        .where(_in_week(ip_days, partner_id, direction, week))
+        .where(_in_week(ip_weeks, partner_id, direction, week))
         .group_by(i.src_ip)
         .order_by(sa.desc("n"), i.src_ip)
     )
@@ -399,10 +401,10 @@ def _sources(
 
 
 def _urls(connection: Connection, partner_id: str, direction: str, week: Week) -> list[UrlRow]:
-    u = url_days.c
+    u = url_weeks.c
     counted = (
         sa.select(u.url_id, sa.func.sum(u.messages).label("n"))
-        .where(_in_week(url_days, partner_id, direction, week))
+        .where(_in_week(url_weeks, partner_id, direction, week))
         .group_by(u.url_id)
         .subquery()
     )
@@ -422,12 +424,12 @@ def _connections(
     connection: Connection, partner_id: str, direction: str, week: Week
 ) -> tuple[list[Ranked], dict[str, dict[str, int]]]:
     """Ports abused and requests per module (socks, http, smtp) by type, as ``spampots stats``."""
-    s = session_days.c
+    s = session_weeks.c
     port_counts: dict[int, int] = defaultdict(int)
     requests: dict[str, dict[str, int]] = {}
     for port, service, request, count in connection.execute(
         sa.select(s.listen_port, s.service, s.request, sa.func.sum(s.sessions))
-        .where(_in_week(session_days, partner_id, direction, week))
+        .where(_in_week(session_weeks, partner_id, direction, week))
         .group_by(s.listen_port, s.service, s.request)
     ):
         port_counts[int(port)] += int(count)

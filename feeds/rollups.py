@@ -1,15 +1,16 @@
-"""Daily rollups per partner and direction: what the weekly digest reads instead of raw messages.
+"""Weekly rollups per partner and direction: what the digest reads instead of raw messages.
 
 A seed-week holds millions of messages; a digest must be built in seconds. So the messages a
-partner's selection picks (see :mod:`feeds.selection`) are summed per UTC day once, as they are
-ingested: per source IP, per URL, per URL domain, and the connections per source IP, port and
-request type. Each partner keeps a watermark of the message and session ids already summed
-(ids grow in ingest order), so :func:`refresh` only reads what is new. When a partner's networks
-change in partners.yaml its rollups are rebuilt from scratch.
+partner's selection picks (see :mod:`feeds.selection`) are summed once, as they are ingested,
+per ISO week (UTC; keyed by its Monday): per source IP, per URL, per URL domain, and the
+connections per source IP, port and request type; and per UTC day, the messages (the chart).
+Weekly keys keep a digest's reading to one row per IP or URL however many days it was seen.
+Each partner keeps a watermark of the message and session ids already summed (ids grow in
+ingest order), so :func:`refresh` only reads what is new. When a partner's networks change in
+partners.yaml its rollups are rebuilt (over the newest :data:`HISTORY` of the store).
 
 Ingest may call :func:`refresh` after each batch; the digest calls it too, so a digest is never
-built from stale rollups.
-"""
+built from stale rollups."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def _keys() -> list[sa.Column[Any]]:
     return [
         sa.Column("partner_id", sa.String(40), primary_key=True),
         sa.Column("direction", sa.String(12), primary_key=True),
-        sa.Column("day", sa.String(10), primary_key=True),  # YYYY-MM-DD, UTC
+        sa.Column("week", sa.String(10), primary_key=True),  # its Monday, YYYY-MM-DD (UTC)
     ]
 
 
@@ -56,8 +57,16 @@ rollup_state = sa.Table(
     sa.Column("covers_from", sa.String(10)),  # YYYY-MM-DD; NULL: all of the store's history
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
-ip_days = sa.Table(
-    "digest_ip_days",
+day_totals = sa.Table(
+    "digest_day_totals",
+    metadata,
+    sa.Column("partner_id", sa.String(40), primary_key=True),
+    sa.Column("direction", sa.String(12), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    sa.Column("messages", sa.Integer, nullable=False),
+)
+ip_weeks = sa.Table(
+    "digest_ip_weeks",
     metadata,
     *_keys(),
     sa.Column("src_ip", sa.String(45), primary_key=True),
@@ -69,22 +78,22 @@ ip_days = sa.Table(
     sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
 )
-url_days = sa.Table(
-    "digest_url_days",
+url_weeks = sa.Table(
+    "digest_url_weeks",
     metadata,
     *_keys(),
     sa.Column("url_id", ID, primary_key=True),
     sa.Column("messages", sa.Integer, nullable=False),
 )
-url_domain_days = sa.Table(
-    "digest_url_domain_days",
+url_domain_weeks = sa.Table(
+    "digest_url_domain_weeks",
     metadata,
     *_keys(),
     sa.Column("domain", sa.String(255), primary_key=True),
     sa.Column("messages", sa.Integer, nullable=False),
 )
-session_days = sa.Table(
-    "digest_session_days",
+session_weeks = sa.Table(
+    "digest_session_weeks",
     metadata,
     *_keys(),
     sa.Column("src_ip", sa.String(45), primary_key=True),
@@ -93,7 +102,7 @@ session_days = sa.Table(
     sa.Column("request", sa.String(16), primary_key=True),
     sa.Column("sessions", sa.Integer, nullable=False),
 )
-ROLLUP_TABLES = (ip_days, url_days, url_domain_days, session_days)
+ROLLUP_TABLES = (day_totals, ip_weeks, url_weeks, url_domain_weeks, session_weeks)
 
 
 @dataclass
@@ -144,6 +153,15 @@ def day_of(connection: Connection, column: sa.ColumnElement[Any]) -> sa.ColumnEl
     if connection.dialect.name == "sqlite":
         return sa.func.substr(column, 1, 10)  # SQLite keeps UTC as "YYYY-MM-DD HH:MM:SS..."
     return sa.func.to_char(sa.func.timezone("UTC", column), "YYYY-MM-DD")
+
+
+def week_of(connection: Connection, column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+    """The Monday (YYYY-MM-DD) of the ISO week of a timestamp column, UTC, in SQL."""
+    if connection.dialect.name == "sqlite":
+        return sa.func.date(column, "-6 days", "weekday 1")  # the Monday on or before
+    return sa.func.to_char(
+        sa.func.date_trunc("week", sa.func.timezone("UTC", column)), "YYYY-MM-DD"
+    )
 
 
 def refresh(
@@ -278,13 +296,21 @@ def _sum_messages(
     connection: Connection, partner: Partner, direction: str, low: int, high: int
 ) -> None:
     m = messages.c
-    day = day_of(connection, m.ts).label("day")
+    week = week_of(connection, m.ts).label("week")
     # Exactly the condition publishing uses, so the digest counts what the feed carries.
     chosen = message_condition(partner, direction, low, high)
     keys = {"partner_id": partner.id, "direction": direction}
+    day = day_of(connection, m.ts).label("day")
+    per_day = connection.execute(sa.select(day, sa.func.count()).where(chosen).group_by(day)).all()
+    _upsert(
+        connection,
+        day_totals,
+        [{**keys, "day": r[0], "messages": r[1]} for r in per_day],
+        adds=("messages",),
+    )
     per_ip = connection.execute(
         sa.select(
-            day,
+            week,
             m.src_ip,
             sa.func.max(m.src_asn),
             sa.func.max(m.src_as_name),
@@ -295,15 +321,15 @@ def _sum_messages(
             sa.func.max(m.ts),
         )
         .where(chosen)
-        .group_by(day, m.src_ip)
+        .group_by(week, m.src_ip)
     ).all()
     _upsert(
         connection,
-        ip_days,
+        ip_weeks,
         [
             {
                 **keys,
-                "day": r[0],
+                "week": r[0],
                 "src_ip": r[1],
                 "src_asn": r[2],
                 "src_as_name": r[3],
@@ -322,27 +348,27 @@ def _sum_messages(
     u = message_urls.c
     joined = message_urls.join(messages, u.message_id == m.id)
     per_url = connection.execute(
-        sa.select(day, u.url_id, sa.func.count())
+        sa.select(week, u.url_id, sa.func.count())
         .select_from(joined)
         .where(chosen)
-        .group_by(day, u.url_id)
+        .group_by(week, u.url_id)
     ).all()
     _upsert(
         connection,
-        url_days,
-        [{**keys, "day": r[0], "url_id": r[1], "messages": r[2]} for r in per_url],
+        url_weeks,
+        [{**keys, "week": r[0], "url_id": r[1], "messages": r[2]} for r in per_url],
         adds=("messages",),
     )
     per_domain = connection.execute(
-        sa.select(day, u.domain, sa.func.count(sa.distinct(u.message_id)))
+        sa.select(week, u.domain, sa.func.count(sa.distinct(u.message_id)))
         .select_from(joined)
         .where(chosen)
-        .group_by(day, u.domain)
+        .group_by(week, u.domain)
     ).all()
     _upsert(
         connection,
-        url_domain_days,
-        [{**keys, "day": r[0], "domain": r[1], "messages": r[2]} for r in per_domain],
+        url_domain_weeks,
+        [{**keys, "week": r[0], "domain": r[1], "messages": r[2]} for r in per_domain],
         adds=("messages",),
     )
 
@@ -351,12 +377,12 @@ def _sum_sessions(
     connection: Connection, partner: Partner, direction: str, low: int, high: int
 ) -> None:
     s = sessions.c
-    day = day_of(connection, s.ts).label("day")
+    week = week_of(connection, s.ts).label("week")
     to_25 = sa.case((s.dst_port == 25, 25), else_=0).label("to_25")
     rows = connection.execute(
-        sa.select(day, s.src_ip, s.listen_port, s.service, s.result, to_25, sa.func.count())
+        sa.select(week, s.src_ip, s.listen_port, s.service, s.result, to_25, sa.func.count())
         .where(s.id > low, s.id <= high, session_selection(partner, direction))
-        .group_by(day, s.src_ip, s.listen_port, s.service, s.result, to_25)
+        .group_by(week, s.src_ip, s.listen_port, s.service, s.result, to_25)
     ).all()
     summed: dict[tuple[str, str, int, str, str], int] = {}
     for r in rows:
@@ -364,12 +390,12 @@ def _sum_sessions(
         summed[key] = summed.get(key, 0) + r[6]
     _upsert(
         connection,
-        session_days,
+        session_weeks,
         [
             {
                 "partner_id": partner.id,
                 "direction": direction,
-                "day": k[0],
+                "week": k[0],
                 "src_ip": k[1],
                 "listen_port": k[2],
                 "service": k[3],

@@ -1,4 +1,4 @@
-"""digest: daily rollups per partner and direction, and the record of digests sent
+"""digest: weekly rollups and daily totals per partner and direction; digests sent
 
 Revision ID: 0005
 Revises: 0004
@@ -22,7 +22,7 @@ def _keys() -> list[sa.Column[str]]:
     return [
         sa.Column("partner_id", sa.String(40), primary_key=True),
         sa.Column("direction", sa.String(12), primary_key=True),
-        sa.Column("day", sa.String(10), primary_key=True),
+        sa.Column("week", sa.String(10), primary_key=True),
     ]
 
 
@@ -37,7 +37,14 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
-        "digest_ip_days",
+        "digest_day_totals",
+        sa.Column("partner_id", sa.String(40), primary_key=True),
+        sa.Column("direction", sa.String(12), primary_key=True),
+        sa.Column("day", sa.String(10), primary_key=True),
+        sa.Column("messages", sa.Integer, nullable=False),
+    )
+    op.create_table(
+        "digest_ip_weeks",
         *_keys(),
         sa.Column("src_ip", sa.String(45), primary_key=True),
         sa.Column("src_asn", sa.BigInteger),
@@ -49,19 +56,19 @@ def upgrade() -> None:
         sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
-        "digest_url_days",
+        "digest_url_weeks",
         *_keys(),
         sa.Column("url_id", ID, primary_key=True),
         sa.Column("messages", sa.Integer, nullable=False),
     )
     op.create_table(
-        "digest_url_domain_days",
+        "digest_url_domain_weeks",
         *_keys(),
         sa.Column("domain", sa.String(255), primary_key=True),
         sa.Column("messages", sa.Integer, nullable=False),
     )
     op.create_table(
-        "digest_session_days",
+        "digest_session_weeks",
         *_keys(),
         sa.Column("src_ip", sa.String(45), primary_key=True),
         sa.Column("listen_port", sa.Integer, primary_key=True),
@@ -90,10 +97,11 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in (
         "digest_deliveries",
-        "digest_session_days",
-        "digest_url_domain_days",
-        "digest_url_days",
-        "digest_ip_days",
+        "digest_session_weeks",
+        "digest_url_domain_weeks",
+        "digest_url_weeks",
+        "digest_ip_weeks",
+        "digest_day_totals",
         "digest_rollup_state",
     ):
         op.drop_table(table)
