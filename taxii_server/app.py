@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import importlib.resources
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 View = Callable[..., Any]
-UNCOUNTED = frozenset({"healthz", "readyz", "metrics", "jwks"})
+UNCOUNTED = frozenset({"healthz", "readyz", "metrics", "jwks", "openapi"})
 HTTP_STATUS_TITLES = {
     400: "Bad Request",
     403: "Forbidden",
@@ -152,6 +153,7 @@ def _add_routes(app: Flask, server: TaxiiServer) -> None:
     app.add_url_rule("/readyz", "readyz", functools.partial(_readyz, server))
     app.add_url_rule("/metrics", "metrics", _metrics)
     app.add_url_rule("/.well-known/jwks.json", "jwks", functools.partial(_jwks, server))
+    app.add_url_rule("/openapi.yaml", "openapi", _openapi)
 
 
 def _taxii_endpoint(server: TaxiiServer, view: View) -> View:
@@ -314,6 +316,12 @@ def _metrics() -> Response:
     """Every process's Prometheus samples (the proxy keeps this from partners)."""
     body, content_type = exposition()
     return Response(body, content_type=content_type)
+
+
+def _openapi() -> Response:
+    """The OpenAPI document of this API (taxii_server/openapi.yaml)."""
+    document = importlib.resources.files("taxii_server").joinpath("openapi.yaml").read_bytes()
+    return Response(document, content_type="application/yaml")
 
 
 def _jwks(server: TaxiiServer) -> Response:
