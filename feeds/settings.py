@@ -179,6 +179,29 @@ SETTINGS: tuple[Setting, ...] = (
         "the TAXII server's URL as partners see it; empty: http://TAXII_HOST:TAXII_PORT",
     ),
     Setting(
+        "auth_failure_delay",
+        "0.25",
+        "seconds a failed TAXII login waits, doubled with each recent failure of the same "
+        "username or address",
+        "0-10 seconds",
+        _parse_float(0, 10),
+    ),
+    Setting(
+        "auth_failure_delay_max",
+        "8",
+        "longest wait of a failed TAXII login",
+        "0-60 seconds",
+        _parse_float(0, 60),
+    ),
+    Setting(
+        "trusted_proxies",
+        "0",
+        "proxies in front of the TAXII server whose X-Forwarded-For names the client "
+        "(1 behind deploy/Caddyfile)",
+        "0-5",
+        _parse_int(0, 5),
+    ),
+    Setting(
         "max_page_size",
         "1000",
         "most objects one TAXII page returns",

@@ -4,6 +4,12 @@ The file is re-read when it changes (a partner removed from it loses access with
 request). Passwords are argon2id hashes; a check costs tens of milliseconds by design, so a
 successful check is remembered for a few minutes, keyed by a keyed digest of the username,
 password and stored hash (a changed hash invalidates it). Failed checks are never remembered.
+
+An unknown username and a wrong password take the same path: the password is checked against
+a decoy hash of the same cost, the answer is the same 401, and both count as a failure. Each
+failure waits before it is answered, twice as long as the one before for the same username or
+the same client address within 15 minutes (:class:`FailureThrottle`; settings
+``auth_failure_delay`` and ``auth_failure_delay_max``); a correct password never waits.
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import logging
 import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +36,8 @@ from feeds.partners import Account, Collection, PartnersConfig, load_partners
 log = logging.getLogger(__name__)
 CACHE_SECONDS = 300.0
 CACHE_ENTRIES = 4096
+FAILURE_WINDOW = 900.0  # seconds a failed login counts towards the next one's wait
+FAILURE_ENTRIES = 10_000
 
 
 class PartnersFile:
@@ -75,9 +85,62 @@ class Principal:
         return next((c for c in self.readable if id_or_alias in (c.id, c.alias)), None)
 
 
+class FailureThrottle:
+    """Recent failed logins per username and per client address, and the wait they earn."""
+
+    def __init__(
+        self, base: float, cap: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.base, self.cap = base, cap
+        self._clock = clock
+        self._failures: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def delay(self, username: str, address: str) -> float:
+        """The wait of the next failure of ``username`` from ``address``."""
+        with self._lock:
+            return self._delay(self._keys(username, address), self._clock())
+
+    def failed(self, username: str, address: str) -> float:
+        """Count a failure; returns how long it waits."""
+        now = self._clock()
+        keys = self._keys(username, address)
+        with self._lock:
+            wait = self._delay(keys, now)
+            for key in keys:
+                self._failures[key] = (self._count(key, now) + 1, now)
+                self._failures.move_to_end(key)
+            while len(self._failures) > FAILURE_ENTRIES:
+                self._failures.popitem(last=False)
+        return wait
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._failures.pop(("address", address), None)
+
+    @staticmethod
+    def _keys(username: str, address: str) -> tuple[tuple[str, str], ...]:
+        return ("username", username[:256]), ("address", address)
+
+    def _count(self, key: tuple[str, str], now: float) -> int:
+        count, last = self._failures.get(key, (0, 0.0))
+        return count if now - last < FAILURE_WINDOW else 0
+
+    def _delay(self, keys: tuple[tuple[str, str], ...], now: float) -> float:
+        earlier = max(self._count(key, now) for key in keys)
+        return min(self.cap, self.base * 2.0**earlier) if self.base > 0 else 0.0
+
+
 class Accounts:
-    def __init__(self, partners: PartnersFile) -> None:
+    def __init__(
+        self,
+        partners: PartnersFile,
+        throttle: FailureThrottle | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._partners = partners
+        self.throttle = throttle or FailureThrottle(0.25, 8.0)
+        self._sleep = sleep
         self._hasher = PasswordHasher()
         self._key = secrets.token_bytes(32)
         self._verified: OrderedDict[bytes, float] = OrderedDict()
@@ -85,19 +148,20 @@ class Accounts:
         # Checked against unknown usernames so that they cost as much as wrong passwords.
         self._decoy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
-    def authenticate(self, authorization: str | None) -> Principal | None:
-        """The principal for an ``Authorization: Basic`` header value, or None."""
+    def authenticate(self, authorization: str | None, address: str = "") -> Principal | None:
+        """The principal for an ``Authorization: Basic`` header value from client ``address``,
+        or None (after the failure's wait)."""
         credentials = _basic_credentials(authorization)
         if credentials is None:
             return None
         username, password = credentials
         config = self._partners.current()
         account = _find_account(config, username)
-        if account is None:
-            self._check(self._decoy_hash, username, password)
+        password_hash = account.password_hash if account else self._decoy_hash
+        if not self._check(password_hash, username, password) or account is None:
+            self._sleep(self.throttle.failed(username, address))
             return None
-        if not self._check(account.password_hash, username, password):
-            return None
+        self.throttle.succeeded(address)
         is_publisher = config.publisher is not None and config.publisher.username == username
         label = (
             "publisher"
@@ -135,12 +199,15 @@ class Accounts:
 
 
 def _find_account(config: PartnersConfig, username: str) -> Account | None:
-    if config.publisher is not None and config.publisher.username == username:
-        return config.publisher
-    for partner in config.partners.values():
-        if partner.taxii is not None and partner.taxii.username == username:
-            return partner.taxii
-    return None
+    """Every account is compared, in constant time: how long it takes says nothing of which
+    username matched, or whether one did."""
+    wanted = username.encode("utf-8", "surrogatepass")
+    accounts = [config.publisher] + [p.taxii for p in config.partners.values()]
+    found = None
+    for account in accounts:
+        if account is not None and hmac.compare_digest(account.username.encode(), wanted):
+            found = account
+    return found
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:

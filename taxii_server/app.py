@@ -28,12 +28,13 @@ from medallion.views import manifest as medallion_manifest
 from medallion.views import objects as medallion_objects
 from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from feeds.home import open_store
 from feeds.keys import jwks
 from feeds.metrics import exposition, metrics
 from feeds.settings import Settings
-from taxii_server.accounts import Accounts, PartnersFile, Principal
+from taxii_server.accounts import Accounts, FailureThrottle, PartnersFile, Principal
 from taxii_server.audit import PollAudit
 from taxii_server.backend import TAXII_MEDIA_TYPE, StoreBackend
 from taxii_server.errors import (
@@ -88,8 +89,13 @@ def create_app(settings: Settings) -> Flask:
     partners = PartnersFile(settings.partners)
     audit = PollAudit(engine)
     backend = StoreBackend(engine, settings, audit, partners.current().producer.contact)
-    server = TaxiiServer(settings, engine, partners, Accounts(partners), audit, backend)
+    throttle = FailureThrottle(settings.auth_failure_delay, settings.auth_failure_delay_max)
+    accounts = Accounts(partners, throttle)
+    server = TaxiiServer(settings, engine, partners, accounts, audit, backend)
     app = Flask("taxii_server")
+    if settings.trusted_proxies:  # the client's address, for the login throttle, from the proxy
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     app.extensions[EXTENSION] = server
     # medallion's views find these on the app
     app.medallion_backend = backend  # type: ignore[attr-defined]
@@ -161,7 +167,9 @@ def _taxii_endpoint(server: TaxiiServer, view: View) -> View:
 
     @functools.wraps(view)
     def endpoint(**kwargs: Any) -> Any:
-        principal = server.accounts.authenticate(request.headers.get("Authorization"))
+        principal = server.accounts.authenticate(
+            request.headers.get("Authorization"), request.remote_addr or ""
+        )
         if principal is None:
             raise Unauthorized(
                 "missing or wrong credentials", hint="send HTTP Basic credentials of your account"

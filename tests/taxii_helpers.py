@@ -92,6 +92,8 @@ def running_server(settings: Settings) -> Iterator[RunningServer]:
 
 
 def taxii_settings(environ: dict[str, str], partners: Path, **overrides: str) -> Settings:
+    # Wrong passwords sent on purpose do not wait here; test_security.py tests the waits.
+    overrides = {"auth_failure_delay": "0", **overrides}
     return load_settings({**environ, "SPAMPOTS_PARTNERS": str(partners)}, **overrides)
 
 
