@@ -1,7 +1,8 @@
 """Samples shared with a partner are sanitized before they become an ``artifact``.
 
-- The sensors' addresses and host names (partners.yaml ``sensors``) are scrubbed from the
-  headers and the body, including text parts in base64 or quoted-printable.
+- The sensors' ids, addresses and host names (partners.yaml ``sensors``) are scrubbed from the
+  headers and the body, including text parts in base64 or quoted-printable (an id shows where
+  a sensor writes it into a message, e.g. in its own ``Received:`` line).
 - Recipient addresses are replaced by a placeholder, in the address headers and wherever an
   envelope recipient appears in the body; a partner with ``keep_own_recipients: true`` keeps
   the addresses under its own domains.
@@ -79,7 +80,7 @@ def scrubber_for(sensors: Iterable[Sensor], partner: Partner) -> SampleScrubber:
     patterns: list[tuple[re.Pattern[bytes], bytes]] = []
     for sensor in sensors:
         # Longest first, so that a host name is not half-replaced by a shorter one.
-        for hostname in sorted(sensor.hostnames, key=len, reverse=True):
+        for hostname in sorted({*sensor.hostnames, sensor.id}, key=len, reverse=True):
             patterns.append((_literal(hostname, host=True), REDACTED_HOST))
         for address in sensor.addresses:
             placeholder = REDACTED_IPV6 if ":" in address else REDACTED_IPV4

@@ -10,6 +10,8 @@ SMTP login, an unknown partner)."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import hashlib
 import os
 import re
 import subprocess
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
@@ -77,6 +80,75 @@ def _key_forms(keys_dir: Path) -> list[str]:
     ]
 
 
+SAMPLE_SOURCE = "198.51.100.5"  # in twcert's prefixes: its "originating" feed, samples shared
+SENSOR_TRACES = [
+    "192.0.2.10",
+    "proxy1.example.net",
+    "2001:db8::30",
+    "relay3.example.net",
+    "br-isp1-home",
+    "br-isp3-business",
+]
+
+
+def _spool_sample_naming_the_sensors(spool: Path) -> None:
+    """A message whose headers and body name the sensors it came through (partners.yaml)."""
+    raw = (
+        b"Received: from spammer (198.51.100.5) by proxy1.example.net (192.0.2.10)\r\n"
+        b"Received: from relay3.example.net ([2001:db8::30]) by mx.example.org\r\n"
+        b"From: a@example.com\r\nTo: victim@example.org\r\nSubject: cheap pills\r\n\r\n"
+        b"relayed by br-isp1-home via 192.0.2.10; see http://pills.example.net/buy\r\n"
+    )
+    record = {
+        "schema": "spampots-ingest/1",
+        "type": "message",
+        "session_id": "leak-1",
+        "sensor": "br-isp1-home",
+        "ts": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "src_ip": SAMPLE_SOURCE,
+        "dst_host": "mx.example.org",
+        "mail_from": "a@example.com",
+        "rcpt_to": ["victim@example.org"],
+        "raw_sha256": hashlib.sha256(raw).hexdigest(),
+        "raw_b64": base64.b64encode(raw).decode(),
+    }
+    folder = spool / "incoming" / "br-isp1-home"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "zz-leak.jsonl").write_bytes(orjson.dumps(record) + b"\n")
+
+
+def _all_objects(url: str, user: str, password: str) -> str:
+    """Every object of every collection ``user`` reads: the JSON text served, then each
+    artifact's decoded payload (a sample is base64 in the JSON)."""
+    taxii = {"Accept": "application/taxii+json;version=2.1"}
+    listing = requests.get(
+        url + "/feeds/collections/", auth=(user, password), headers=taxii, timeout=30
+    ).json()
+    pages = []
+    for collection in listing["collections"]:
+        params: dict[str, str] = {}
+        while True:
+            page = requests.get(
+                f"{url}/feeds/collections/{collection['id']}/objects/",
+                auth=(user, password),
+                headers=taxii,
+                params=params,
+                timeout=30,
+            )
+            assert page.status_code == 200, page.text
+            pages.append(page.text)
+            body = page.json()
+            pages.extend(
+                base64.b64decode(obj["payload_bin"]).decode("utf-8", "replace")
+                for obj in body.get("objects", [])
+                if obj["type"] == "artifact" and "payload_bin" in obj
+            )
+            if not body.get("more"):
+                break
+            params = {"next": body["next"]}
+    return "\n".join(pages)
+
+
 def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "feeds.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -130,6 +202,7 @@ def test_no_secret_appears_in_anything_the_service_writes(
         assert "digest" in written[-2] and DB_PASSWORD not in written[-2]
         generated = generate_home(env, tmp_path, 60, seed=3)
         env = generated.environ
+        _spool_sample_naming_the_sensors(Path(generated.settings.spool))
         run("--debug", "ingest")
         run("--debug", "publish")
         run("--debug", "digest", "--partner", "twcert", "--send")
@@ -165,6 +238,11 @@ def test_no_secret_appears_in_anything_the_service_writes(
             )
             assert response.status_code == status, response.text
             written.append(response.text)
+        shared = _all_objects(url, "twcert", TW_PASSWORD)
+        written.append(shared)
+        assert "http://pills.example.net/buy" in shared and "cheap pills" in shared  # shared
+        for leak in SENSOR_TRACES:  # ... but nothing that points at a sensor
+            assert leak not in shared, leak
         metrics = requests.get(url + "/metrics", timeout=30)
         assert metrics.status_code == 200 and "taxii_requests" in metrics.text
         written.append(metrics.text)
