@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from argon2 import PasswordHasher
+from argon2 import Parameters, PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from feeds.errors import PartnersFileError
@@ -145,8 +145,9 @@ class Accounts:
         self._key = secrets.token_bytes(32)
         self._verified: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
-        # Checked against unknown usernames so that they cost as much as wrong passwords.
-        self._decoy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        # Checked against unknown usernames so that they cost as much as wrong passwords:
+        # one decoy per argon2 cost in use, made with that cost.
+        self._decoys: dict[str, str] = {}  # by repr of the Parameters (unhashable)
 
     def authenticate(self, authorization: str | None, address: str = "") -> Principal | None:
         """The principal for an ``Authorization: Basic`` header value from client ``address``,
@@ -157,7 +158,7 @@ class Accounts:
         username, password = credentials
         config = self._partners.current()
         account = _find_account(config, username)
-        password_hash = account.password_hash if account else self._decoy_hash
+        password_hash = account.password_hash if account else self._decoy(config)
         if not self._check(password_hash, username, password) or account is None:
             self._sleep(self.throttle.failed(username, address))
             return None
@@ -171,6 +172,24 @@ class Accounts:
         return Principal(
             username, is_publisher, tuple(config.readable_collections(username)), label
         )
+
+    def _decoy(self, config: PartnersConfig) -> str:
+        """A hash of a random password with the cost of the accounts' hashes."""
+        some = next((a for a in _accounts(config) if a is not None), None)
+        try:
+            cost = extract_parameters(some.password_hash) if some else self._hasher_parameters()
+        except InvalidHashError:
+            cost = self._hasher_parameters()
+        with self._lock:
+            decoy = self._decoys.get(repr(cost))
+        if decoy is None:
+            decoy = PasswordHasher.from_parameters(cost).hash(secrets.token_urlsafe(16))
+            with self._lock:
+                self._decoys[repr(cost)] = decoy
+        return decoy
+
+    def _hasher_parameters(self) -> Parameters:
+        return extract_parameters(self._hasher.hash("cost"))
 
     def _check(self, password_hash: str, username: str, password: str) -> bool:
         digest = hashlib.blake2b(
@@ -202,12 +221,15 @@ def _find_account(config: PartnersConfig, username: str) -> Account | None:
     """Every account is compared, in constant time: how long it takes says nothing of which
     username matched, or whether one did."""
     wanted = username.encode("utf-8", "surrogatepass")
-    accounts = [config.publisher] + [p.taxii for p in config.partners.values()]
     found = None
-    for account in accounts:
+    for account in _accounts(config):
         if account is not None and hmac.compare_digest(account.username.encode(), wanted):
             found = account
     return found
+
+
+def _accounts(config: PartnersConfig) -> list[Account | None]:
+    return [config.publisher] + [p.taxii for p in config.partners.values()]
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import requests
+from argon2 import extract_parameters
 from taxii_helpers import PASSWORDS, start_taxii
 
 from taxii_server.accounts import FAILURE_WINDOW, FailureThrottle
@@ -66,6 +67,13 @@ def test_unknown_user_and_wrong_password_answer_alike_and_count_alike(
         assert waited == [0.001, 0.002]  # the second failure from this address waits longer
         assert accounts.throttle.delay("no-such-user", "192.0.2.1") == 0.002
         assert accounts.throttle.delay("twcert", "192.0.2.1") == 0.002
+
+        # the decoy an unknown username is checked against costs what a real account costs
+        config = taxii.state.partners.current()
+        decoy = accounts._decoy(config)
+        twcert = config.partners["twcert"].taxii
+        assert twcert is not None and decoy != twcert.password_hash
+        assert extract_parameters(decoy) == extract_parameters(twcert.password_hash)
 
         good = attempt("twcert", PASSWORDS["twcert"])
         assert good.status_code == 200 and len(waited) == 2  # success never waits
