@@ -286,11 +286,13 @@ def _direction(
         entry[1] += source.messages
     top_asns = [
         Ranked(f"AS{asn}" if asn is not None else "unknown AS", name or "", count)
-        for asn, (name, count) in _top(by_asn.items(), key=lambda item: item[1][1])
+        for asn, (name, count) in sorted(
+            by_asn.items(), key=lambda item: (-item[1][1], item[0] or 0)
+        )[:TOP]
     ]
-    top_ips = [
+    top_ips = [  # sources come ordered by messages, most first
         Ranked(s.ip, f"AS{s.asn} {s.as_name or ''}".strip() if s.asn else "", s.messages)
-        for s in _top(sources, key=lambda s: s.messages)
+        for s in sources[:TOP]
     ]
     d = url_domain_weeks.c
     top_domains = [
@@ -317,10 +319,6 @@ def _direction(
         sources=sources,
         urls=url_rows,
     )
-
-
-def _top(items: Any, key: Any) -> list[Any]:
-    return sorted(items, key=lambda item: (-key(item), str(item)))[:TOP]
 
 
 def _totals(sources: list[SourceRow], url_rows: list[UrlRow]) -> Totals:
@@ -366,24 +364,24 @@ def _sources(
     for ip, port in connection.execute(
         sa.select(s.src_ip, s.listen_port)
         .where(_in_week(session_weeks, partner_id, direction, week))
-        .group_by(s.src_ip, s.listen_port)
-    ):
+        .distinct()
+    ).all():
         ports[ip].add(int(port))
+    # One row per IP and week: the rollups summed it already.
     rows = connection.execute(
         sa.select(
             i.src_ip,
-            sa.func.max(i.src_asn),
-            sa.func.max(i.src_as_name),
-            sa.func.max(i.src_cc),
-            sa.func.sum(i.messages).label("n"),
-            sa.func.sum(i.recipients),
-            sa.func.min(i.first_seen),
-            sa.func.max(i.last_seen),
+            i.src_asn,
+            i.src_as_name,
+            i.src_cc,
+            i.messages,
+            i.recipients,
+            i.first_seen,
+            i.last_seen,
         )
         .where(_in_week(ip_weeks, partner_id, direction, week))
-        .group_by(i.src_ip)
-        .order_by(sa.desc("n"), i.src_ip)
-    )
+        .order_by(i.messages.desc(), i.src_ip)
+    ).all()
     return [
         SourceRow(
             ip=r[0],
@@ -402,17 +400,12 @@ def _sources(
 
 def _urls(connection: Connection, partner_id: str, direction: str, week: Week) -> list[UrlRow]:
     u = url_weeks.c
-    counted = (
-        sa.select(u.url_id, sa.func.sum(u.messages).label("n"))
-        .where(_in_week(url_weeks, partner_id, direction, week))
-        .group_by(u.url_id)
-        .subquery()
-    )
     rows = connection.execute(
-        sa.select(urls.c.url, urls.c.host, urls.c.domain, counted.c.n)
-        .join_from(counted, urls, urls.c.id == counted.c.url_id)
-        .order_by(counted.c.n.desc(), urls.c.url)
-    )
+        sa.select(urls.c.url, urls.c.host, urls.c.domain, u.messages)
+        .join_from(url_weeks, urls, urls.c.id == u.url_id)
+        .where(_in_week(url_weeks, partner_id, direction, week))
+        .order_by(u.messages.desc(), urls.c.url)
+    ).all()
     return [UrlRow(r[0], r[1], r[2], int(r[3])) for r in rows]
 
 
