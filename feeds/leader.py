@@ -14,7 +14,7 @@ import logging
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from feeds.store import metadata, write_transaction
+from feeds.store import as_utc_or_none, metadata, write_transaction
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,6 @@ worker_leases = sa.Table(
 )
 
 LEASE_NAME = "worker"
-
-
-def _as_utc(moment: dt.datetime | None) -> dt.datetime | None:
-    if moment is not None and moment.tzinfo is None:  # SQLite returns naive values
-        return moment.replace(tzinfo=dt.UTC)
-    return moment
 
 
 class Leadership:
@@ -95,7 +89,7 @@ class Leadership:
             ).first()
         if row is None or row.holder is None:
             return None
-        expires = _as_utc(row.expires_at)
+        expires = as_utc_or_none(row.expires_at)
         return row.holder if expires and expires > dt.datetime.now(dt.UTC) else None
 
     def _try_advisory_lock(self) -> bool:
@@ -141,7 +135,7 @@ class Leadership:
                     )
                 )
                 return True
-            held_until = _as_utc(row.expires_at)
+            held_until = as_utc_or_none(row.expires_at)
             free = row.holder is None or held_until is None or held_until <= now
             if row.holder == self.holder or free:
                 connection.execute(

@@ -16,17 +16,12 @@ from sqlalchemy.engine import Connection
 from feeds.deliveries import deliveries
 from feeds.partners import Partner, PartnersConfig
 from feeds.publish import feed_batches
+from feeds.store import as_utc_or_none
 from feeds.worker import job_runs
 from taxii_server.audit import last_polls
 from taxii_server.objects import object_counts
 
 POLL_WARNING = dt.timedelta(hours=48)
-
-
-def _utc(moment: dt.datetime | None) -> dt.datetime | None:
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=dt.UTC)
-    return moment
 
 
 def _ago(moment: dt.datetime | None, now: dt.datetime) -> str:
@@ -82,7 +77,7 @@ def publish_successes(connection: Connection) -> dict[str, dt.datetime]:
             job_runs.c.name.like("publish:%"), job_runs.c.last_success.is_not(None)
         )
     )
-    return {name.split(":", 1)[1]: _utc(moment) for name, moment in rows}  # type: ignore[misc]
+    return {name.split(":", 1)[1]: as_utc_or_none(moment) for name, moment in rows}  # type: ignore[misc]
 
 
 def _last_batches(connection: Connection) -> dict[str, tuple[str, dt.datetime]]:
@@ -100,7 +95,7 @@ def _last_batches(connection: Connection) -> dict[str, tuple[str, dt.datetime]]:
             ),
         )
     )
-    return {partner: (batch, _utc(issued)) for partner, batch, issued in rows}  # type: ignore[misc]
+    return {partner: (batch, as_utc_or_none(issued)) for partner, batch, issued in rows}  # type: ignore[misc]
 
 
 def _last_digests(connection: Connection) -> dict[str, tuple[str, dt.datetime]]:
@@ -112,7 +107,7 @@ def _last_digests(connection: Connection) -> dict[str, tuple[str, dt.datetime]]:
     )
     found: dict[str, tuple[str, dt.datetime]] = {}
     for partner, week, accepted in rows:
-        found[partner] = (week, _utc(accepted))  # type: ignore[assignment]
+        found[partner] = (week, as_utc_or_none(accepted))  # type: ignore[assignment]
     return found
 
 

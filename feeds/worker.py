@@ -32,7 +32,7 @@ from feeds.leader import Leadership
 from feeds.metrics import observe_job
 from feeds.partners import PartnersConfig, check_partners_file
 from feeds.settings import Settings
-from feeds.store import metadata, write_transaction
+from feeds.store import as_utc, metadata, write_transaction
 
 log = logging.getLogger("spampots.worker")
 
@@ -78,16 +78,10 @@ def _stage_order(spec: JobSpec) -> int:
     return STAGE_ORDER.index(kind) if kind in STAGE_ORDER else len(STAGE_ORDER)
 
 
-def _utc(moment: dt.datetime | None) -> dt.datetime | None:
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=dt.UTC)
-    return moment
-
-
 def last_successes(engine: Engine) -> dict[str, dt.datetime]:
     with engine.connect() as connection:
         rows = connection.execute(sa.select(job_runs.c.name, job_runs.c.last_success))
-        return {name: moment for name, moment in ((r[0], _utc(r[1])) for r in rows) if moment}
+        return {name: as_utc(moment) for name, moment in rows if moment is not None}
 
 
 def _record(engine: Engine, name: str, starting: bool = False, **values: Any) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from feeds.store import metadata, write_transaction
+from feeds.store import as_utc, metadata, write_transaction
 from taxii_server.objects import object_counts
 
 __all__ = ["PollAudit", "PollSummary", "last_polls", "object_counts", "poll_summary", "taxii_polls"]
@@ -109,11 +109,6 @@ class PollAudit:
             self.flush()
 
 
-def _utc(moment: dt.datetime) -> dt.datetime:
-    # SQLite gives back naive datetimes; every time this module writes is UTC.
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
-
-
 def last_polls(connection: Connection) -> dict[tuple[str, str], dt.datetime]:
     """The time of the latest read per (collection id, username)."""
     t = taxii_polls
@@ -122,7 +117,7 @@ def last_polls(connection: Connection) -> dict[tuple[str, str], dt.datetime]:
             t.c.collection_id, t.c.username
         )
     )
-    return {(row[0], row[1]): _utc(row[2]) for row in rows}
+    return {(row[0], row[1]): as_utc(row[2]) for row in rows}
 
 
 @dataclass(frozen=True)
@@ -145,8 +140,8 @@ def poll_summary(connection: Connection, since: dt.datetime) -> list[PollSummary
             sa.func.sum(t.c.objects_returned),
             sa.func.max(t.c.polled_at),
         )
-        .where(t.c.polled_at >= _utc(since))
+        .where(t.c.polled_at >= as_utc(since))
         .group_by(t.c.collection_id, t.c.username)
         .order_by(t.c.collection_id, t.c.username)
     )
-    return [PollSummary(r[0], r[1], int(r[2]), int(r[3] or 0), _utc(r[4])) for r in rows]
+    return [PollSummary(r[0], r[1], int(r[2]), int(r[3] or 0), as_utc(r[4])) for r in rows]

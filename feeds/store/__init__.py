@@ -4,6 +4,20 @@ Tables are defined with SQLAlchemy Core on :data:`metadata`, each in the module 
 the schema is created and changed only by the Alembic migrations in ``migrations/``.
 """
 
-from feeds.store.engine import connect, metadata, migrate, write_transaction
+from feeds.store.engine import (
+    as_utc,
+    as_utc_or_none,
+    connect,
+    metadata,
+    migrate,
+    write_transaction,
+)
 
-__all__ = ["connect", "metadata", "migrate", "write_transaction"]
+__all__ = [
+    "as_utc",
+    "as_utc_or_none",
+    "connect",
+    "metadata",
+    "migrate",
+    "write_transaction",
+]

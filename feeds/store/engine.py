@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,16 @@ metadata = sa.MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+
+def as_utc(moment: dt.datetime) -> dt.datetime:
+    """A time read from the store as an aware UTC datetime (SQLite gives back naive values;
+    everything the store holds is UTC)."""
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def as_utc_or_none(moment: dt.datetime | None) -> dt.datetime | None:
+    return None if moment is None else as_utc(moment)
 
 
 def connect(url: str, **engine_options: Any) -> Engine:
