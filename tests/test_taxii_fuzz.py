@@ -173,7 +173,7 @@ def test_fuzzed_requests_never_fail_the_server(taxii: RunningServer) -> None:
 
     @given(request=requests_from_document(known))
     @settings(
-        max_examples=150,
+        max_examples=300,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
