@@ -60,7 +60,7 @@ from feeds.messages import (
 )
 from feeds.partners import PartnersConfig
 from feeds.rawstore import store_raw
-from feeds.store import write_transaction
+from feeds.store import bulk_insert, write_transaction
 from feeds.store.captures import message_domains, message_urls, messages, sessions, urls
 
 CHUNK_LINES = 1000
@@ -277,7 +277,7 @@ class _Writer:
                 {**row, "id": first + i, "batch_id": batch_id}
                 for i, row in enumerate(prepared.sessions)
             ]
-            _insert_ignore(connection, sessions, rows)
+            bulk_insert(connection, sessions, rows, ignore=True)
             counts.duplicates += len(rows) - _count_from(connection, sessions, first)
         if prepared.messages:
             counts.duplicates += self._store_messages(connection, batch_id, prepared.messages)
@@ -293,7 +293,7 @@ class _Writer:
             for column in ("src_cc_source", "src_asn_source", "dst_cc_source", "dst_asn_source"):
                 row[column] = self.sources.id_for(connection, row[column])
             rows.append(row)
-        _insert_ignore(connection, messages, rows)
+        bulk_insert(connection, messages, rows, ignore=True)
         stored = set(
             connection.execute(sa.select(messages.c.id).where(messages.c.id >= first)).scalars()
         )
@@ -314,7 +314,7 @@ class _Writer:
             )
             url_links.extend((message_id, url) for url in message.urls)
         if domain_rows:
-            _bulk_insert(connection, message_domains, domain_rows)
+            bulk_insert(connection, message_domains, domain_rows)
         if url_links:
             self._store_urls(connection, url_links)
         return len(prepared) - len(stored)
@@ -352,8 +352,8 @@ class _Writer:
                 "domain": domain,
             }
         if new_rows:
-            _bulk_insert(connection, urls, new_rows)
-        _bulk_insert(connection, message_urls, list(link_rows.values()))
+            bulk_insert(connection, urls, new_rows)
+        bulk_insert(connection, message_urls, list(link_rows.values()))
         if len(self.url_ids) > 500_000:
             self.url_ids.clear()
 
@@ -388,43 +388,6 @@ def _next_id(connection: Connection, table: sa.Table) -> int:
 def _count_from(connection: Connection, table: sa.Table, first: int) -> int:
     query = sa.select(sa.func.count()).select_from(table).where(table.c.id >= first)
     return int(connection.execute(query).scalar_one())
-
-
-def _insert_ignore(connection: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    _bulk_insert(connection, table, rows, ignore=True)
-
-
-def _bulk_insert(
-    connection: Connection, table: sa.Table, rows: list[dict[str, Any]], *, ignore: bool = False
-) -> None:
-    """executemany straight to the driver: at ingest volumes SQLAlchemy's per-row parameter
-    processing costs as much as SQLite's own work. Values are converted as SQLAlchemy would
-    store them (SQLite: UTC timestamps as text, booleans as integers)."""
-    if not rows:
-        return
-    columns = list(rows[0])
-    names = ", ".join(columns)
-    if connection.dialect.name == "sqlite":
-        verb = "INSERT OR IGNORE" if ignore else "INSERT"
-        sql = f"{verb} INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
-        convert = [c for c in columns if isinstance(table.c[c].type, (sa.DateTime, sa.Boolean))]
-        if convert:
-            rows = [{**row, **{c: _sqlite_value(row[c]) for c in convert}} for row in rows]
-        values = [tuple(row[c] for c in columns) for row in rows]
-    else:
-        tail = " ON CONFLICT DO NOTHING" if ignore else ""
-        marks = ", ".join(["%s"] * len(columns))
-        sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}){tail}"  # noqa: S608
-        values = [tuple(row[c] for c in columns) for row in rows]
-    connection.exec_driver_sql(sql, values)
-
-
-def _sqlite_value(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, bool):
-        return int(value)
-    return value
 
 
 def _slices(items: list[str], size: int) -> Iterator[list[str]]:
@@ -565,7 +528,7 @@ class IngestRun:
                 counts = writer.store(connection, batch_id, prepared)
                 if prepared.rejected:
                     held_at = _now()
-                    _insert_ignore(
+                    bulk_insert(
                         connection,
                         quarantine,
                         [
@@ -579,6 +542,7 @@ class IngestRun:
                             }
                             for line, reason, record in prepared.rejected
                         ],
+                        ignore=True,
                     )
                 counts.quarantined = len(prepared.rejected)
                 table = ingest_batches

@@ -12,6 +12,7 @@ oldest version so that the default ``match[version]=last`` is an index range sca
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from feeds.store import metadata
+from feeds.store import bulk_insert, metadata
 from taxii_server.errors import InvalidObject
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -83,6 +84,7 @@ def format_us(us: int) -> str:
     return from_us(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@functools.lru_cache(maxsize=65536)  # a batch's objects share a handful of timestamps
 def parse_timestamp(text: str) -> int:
     """An RFC 3339 timestamp as microseconds, rounded down. Raises ValueError if it is none."""
     match = _TIMESTAMP.match(text)
@@ -350,7 +352,7 @@ def _write_versions(
             rewrites,
         )
     if inserts:
-        connection.execute(t.insert(), inserts)
+        bulk_insert(connection, t, inserts)
     return len(inserts) - len(dropped)
 
 

@@ -7,6 +7,7 @@ the schema is created and changed only by the Alembic migrations in ``migrations
 from feeds.store.engine import (
     as_utc,
     as_utc_or_none,
+    bulk_insert,
     connect,
     metadata,
     migrate,
@@ -16,6 +17,7 @@ from feeds.store.engine import (
 __all__ = [
     "as_utc",
     "as_utc_or_none",
+    "bulk_insert",
     "connect",
     "metadata",
     "migrate",

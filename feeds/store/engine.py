@@ -77,6 +77,39 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
+def bulk_insert(
+    connection: Connection, table: sa.Table, rows: list[dict[str, Any]], *, ignore: bool = False
+) -> None:
+    """executemany straight to the driver: at ingest volumes SQLAlchemy's per-row parameter
+    processing costs as much as SQLite's own work. Values are converted as SQLAlchemy would
+    store them (SQLite: UTC timestamps as text, booleans as integers)."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    names = ", ".join(columns)
+    if connection.dialect.name == "sqlite":
+        verb = "INSERT OR IGNORE" if ignore else "INSERT"
+        sql = f"{verb} INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
+        convert = [c for c in columns if isinstance(table.c[c].type, (sa.DateTime, sa.Boolean))]
+        if convert:
+            rows = [{**row, **{c: sqlite_value(row[c]) for c in convert}} for row in rows]
+        values = [tuple(row[c] for c in columns) for row in rows]
+    else:
+        tail = " ON CONFLICT DO NOTHING" if ignore else ""
+        marks = ", ".join(["%s"] * len(columns))
+        sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}){tail}"  # noqa: S608
+        values = [tuple(row[c] for c in columns) for row in rows]
+    connection.exec_driver_sql(sql, values)
+
+
+def sqlite_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
 def _alembic_config(connection: Connection) -> Config:
     config = Config()
     config.set_main_option(
