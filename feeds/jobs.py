@@ -24,7 +24,7 @@ def jobs_for(settings: Settings, config: PartnersConfig, engine: Engine) -> list
         JobSpec(
             "ingest",
             interval(dt.timedelta(seconds=settings.ingest_every)),
-            functools.partial(ingest_job, settings, config),
+            functools.partial(ingest_job, settings, config, engine),
         ),
         JobSpec(
             "expire",
@@ -64,8 +64,9 @@ def jobs_for(settings: Settings, config: PartnersConfig, engine: Engine) -> list
     return specs
 
 
-def ingest_job(settings: Settings, config: PartnersConfig) -> JobOutcome:
+def ingest_job(settings: Settings, config: PartnersConfig, engine: Engine) -> JobOutcome:
     from feeds.ingest import ingest_run
+    from feeds.rollups import refresh
 
     reports = ingest_run(settings, partners=config).run()
     failed = [r for r in reports if r.status == "failed"]
@@ -83,6 +84,8 @@ def ingest_job(settings: Settings, config: PartnersConfig) -> JobOutcome:
         "quarantined": sum(r.quarantined for r in reports),
         "failed": len(failed),
     }
+    if counts["accepted"]:
+        refresh(engine, config)  # keep the digests' weekly sums current as data arrives
     return JobOutcome(f"{len(reports)} batches ingested" if reports else "no new batches", counts)
 
 
