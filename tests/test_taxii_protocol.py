@@ -181,6 +181,20 @@ def test_healthz_and_jwks_answer_without_credentials(taxii: RunningServer) -> No
     assert len(keys) == 1 and keys[0]["kty"] == "OKP" and keys[0]["crv"] == "Ed25519"
 
 
+def twcert_successes(url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(url + "/metrics", timeout=30).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "spampots_taxii_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+        and sample.labels == {"partner": "twcert", "status": "200"}
+    )
+
+
 def test_spampots_serve_pages_statelessly_across_workers(
     tmp_path: Path, environ: dict[str, str], database_url: str
 ) -> None:
@@ -232,6 +246,16 @@ def test_spampots_serve_pages_statelessly_across_workers(
         for envelope in as_pages(collection.get_objects, per_request=40):
             seen.extend(o["id"] for o in envelope["objects"])
         assert len(seen) == len(set(seen)) == 450
+        # /metrics adds up every worker's samples, whichever worker answers it
+        before = twcert_successes(url)
+        for _ in range(20):
+            requests.get(
+                f"{url}/feeds/collections/{TW_ORIGINATING}/objects/?limit=1",
+                auth=AUTH,
+                headers={"Accept": TAXII},
+                timeout=30,
+            )
+        assert [twcert_successes(url) - before for _ in range(4)] == [20] * 4
     finally:
         process.terminate()
         output = process.communicate(timeout=30)[0].decode()
