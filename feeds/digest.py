@@ -22,6 +22,7 @@ from feeds import rollups
 from feeds.errors import UsageError
 from feeds.partners import Partner, PartnersConfig
 from feeds.rollups import day_totals, ip_weeks, session_weeks, url_domain_weeks, url_weeks
+from feeds.store import as_utc
 from feeds.store.captures import urls
 
 DIRECTION_TITLES = {"originating": "from your networks", "returning": "to your networks"}
@@ -351,10 +352,6 @@ def _previous_totals(connection: Connection, partner_id: str, direction: str, we
     )
 
 
-def _utc(moment: dt.datetime) -> dt.datetime:
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
-
-
 def _sources(
     connection: Connection, partner_id: str, direction: str, week: Week
 ) -> list[SourceRow]:
@@ -390,8 +387,8 @@ def _sources(
             cc=r[3],
             messages=int(r[4]),
             recipients=int(r[5]),
-            first_seen=_utc(r[6]),
-            last_seen=_utc(r[7]),
+            first_seen=as_utc(r[6]),
+            last_seen=as_utc(r[7]),
             ports=tuple(sorted(ports.get(r[0], ()))),
         )
         for r in rows
@@ -464,4 +461,4 @@ def _batches(connection: Connection, partner: Partner, week: Week) -> list[Batch
         .where(b.partner_id == partner.id, b.issued >= week.start, b.issued < week.end)
         .order_by(b.issued, b.batch_id)
     )
-    return [BatchInfo(aliases.get(r[0], r[0]), r[1], int(r[2]), r[3], _utc(r[4])) for r in rows]
+    return [BatchInfo(aliases.get(r[0], r[0]), r[1], int(r[2]), r[3], as_utc(r[4])) for r in rows]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from feeds.partners import Partner, PartnersConfig
 from feeds.selection import message_condition
-from feeds.store import metadata, write_transaction
+from feeds.store import as_utc, metadata, write_transaction
 from feeds.store.captures import message_urls, messages, sessions
 
 DIRECTIONS = ("originating", "returning")
@@ -225,9 +225,9 @@ def _starting_point(connection: Connection, table: sa.Table) -> tuple[str | None
     )
     if oldest is None or newest is None:
         return None, 0
-    covers_from = (_utc(newest) - HISTORY).date()
+    covers_from = (as_utc(newest) - HISTORY).date()
     margin = dt.datetime.combine(covers_from, dt.time(), dt.UTC) - LATE_MARGIN
-    if _utc(oldest) >= margin:
+    if as_utc(oldest) >= margin:
         return None, 0
     first = connection.execute(
         sa.select(table.c.id).where(table.c.ts >= margin).order_by(table.c.ts).limit(1)
@@ -236,38 +236,33 @@ def _starting_point(connection: Connection, table: sa.Table) -> tuple[str | None
 
 
 def _refresh_messages(engine: Engine, partner: Partner) -> int:
-    done = 0
-    while True:
-        with write_transaction(engine) as connection:
-            low = _watermark(connection, partner.id, "messages_done")
-            newest = connection.execute(sa.select(sa.func.max(messages.c.id))).scalar() or 0
-            if newest <= low:
-                return done
-            high = min(newest, low + CHUNK)
-            for direction in DIRECTIONS:
-                _sum_messages(connection, partner, direction, low, high)
-            _set_watermark(connection, partner.id, "messages_done", high)
-            done += high - low
+    return _refresh(engine, partner, messages, "messages_done", _sum_messages)
 
 
 def _refresh_sessions(engine: Engine, partner: Partner) -> int:
+    return _refresh(engine, partner, sessions, "sessions_done", _sum_sessions)
+
+
+def _refresh(
+    engine: Engine,
+    partner: Partner,
+    table: sa.Table,
+    watermark: str,
+    add_up: Callable[[Connection, Partner, str, int, int], None],
+) -> int:
+    """Sum the rows of ``table`` above the partner's watermark, a chunk per transaction."""
     done = 0
     while True:
         with write_transaction(engine) as connection:
-            low = _watermark(connection, partner.id, "sessions_done")
-            newest = connection.execute(sa.select(sa.func.max(sessions.c.id))).scalar() or 0
+            low = _watermark(connection, partner.id, watermark)
+            newest = connection.execute(sa.select(sa.func.max(table.c.id))).scalar() or 0
             if newest <= low:
                 return done
             high = min(newest, low + CHUNK)
             for direction in DIRECTIONS:
-                _sum_sessions(connection, partner, direction, low, high)
-            _set_watermark(connection, partner.id, "sessions_done", high)
+                add_up(connection, partner, direction, low, high)
+            _set_watermark(connection, partner.id, watermark, high)
             done += high - low
-
-
-def _utc(moment: dt.datetime) -> dt.datetime:
-    # SQLite gives back naive datetimes; everything the store holds is UTC.
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 def covers_from(connection: Connection, partner_id: str) -> str | None:
