@@ -174,3 +174,32 @@ def test_partners_edits_take_effect_live_and_a_bad_edit_keeps_the_last_good(
         assert active.config is not None and "certpl" in active.config.partners
         assert active.scheduler.get_job("publish:certpl") is not None
         assert aliases_of(taxii.discovery, "certpl") == {"certpl-originating", "certpl-returning"}
+
+
+def test_a_refused_digest_fails_its_job_and_the_retry_job_sends_it_later(
+    service: Settings, smtp_sink: SmtpSink, environ: dict[str, str]
+) -> None:
+    from feeds.partners import load_partners
+    from feeds.worker import run_job
+
+    settings = load_settings(
+        {
+            **environ,
+            "SPAMPOTS_PARTNERS": str(service.partners),
+            "SPAMPOTS_SMTP_URL": smtp_sink.url,
+            "SPAMPOTS_SMTP_RETRIES": "1",
+        }
+    )
+    engine = open_store(settings)
+    specs = {s.name: s for s in jobs_for(settings, load_partners(settings.partners), engine)}
+    smtp_sink.refuse_next(1, "451 4.3.0 Try again later")
+    assert run_job(engine, specs["digest:twcert"]) is None
+    with engine.connect() as connection:
+        row = connection.execute(
+            sa.select(job_runs).where(job_runs.c.name == "digest:twcert")
+        ).one()
+    assert row.last_status == "failed" and "twcert@example.org" in row.last_message
+    assert smtp_sink.received == []
+    outcome = run_job(engine, specs["digest-retry"])
+    assert outcome is not None and outcome.counts["retried"] >= 1
+    assert [r.rcpt_tos for r in smtp_sink.received] == [["twcert@example.org"]]
