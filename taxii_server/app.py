@@ -15,6 +15,7 @@ import importlib.resources
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -60,15 +61,6 @@ SECURITY_HEADERS = {
 }
 View = Callable[..., Any]
 UNCOUNTED = frozenset({"healthz", "readyz", "metrics", "jwks", "openapi"})
-HTTP_STATUS_TITLES = {
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    406: "Not Acceptable",
-    413: "Payload Too Large",
-    415: "Unsupported Media Type",
-    422: "Unprocessable Content",
-}
 
 
 @dataclass
@@ -338,6 +330,13 @@ def _jwks(server: TaxiiServer) -> Response:
     return Response(orjson.dumps(keys), content_type="application/jwk-set+json")
 
 
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def _error_response(error: Exception) -> Response:
     headers: dict[str, str] = {}
     if isinstance(error, TaxiiServerError):
@@ -347,7 +346,7 @@ def _error_response(error: Exception) -> Response:
             headers["WWW-Authenticate"] = REALM
     elif isinstance(error, MedallionError):
         status = int(error.status)
-        title, description = HTTP_STATUS_TITLES.get(status, "Error"), error.message
+        title, description = _reason(status), error.message
     elif isinstance(error, HTTPException):
         status = error.code or 500
         plain = error.get_response()
