@@ -330,22 +330,25 @@ def test_after_rotation_old_and_new_batches_verify_from_an_exported_jwks(
     jwks_file = feed.tmp / "jwks.json"
     assert run_cli("keys", "export-jwks", "--out", str(jwks_file), env=env)[0] == 0
     bundle = feed.tmp / "verified.json"
-    code, out, _ = run_cli(
-        "verify",
-        "--url",
-        server.discovery,
-        "--collection",
-        "jpcert-originating",
-        "--user",
-        "jpcert",
-        "--password-file",
-        feed.password_file("jpcert"),
-        "--jwks",
-        str(jwks_file),
-        "--out",
-        str(bundle),
-        env=env,
-    )
+
+    def verify_jpcert(*options: str) -> tuple[int, str, str]:
+        return run_cli(  # type: ignore[no-any-return]
+            "verify",
+            "--url",
+            server.discovery,
+            "--collection",
+            "jpcert-originating",
+            "--user",
+            "jpcert",
+            "--password-file",
+            feed.password_file("jpcert"),
+            "--jwks",
+            str(jwks_file),
+            *options,
+            env=env,
+        )
+
+    code, out, _ = verify_jpcert("--out", str(bundle))
     assert code == 0, out
     kids = {line.rsplit(" ", 1)[1] for line in out.splitlines() if ": ok," in line}
     assert len(kids) == 2
@@ -355,22 +358,7 @@ def test_after_rotation_old_and_new_batches_verify_from_an_exported_jwks(
         newest = connection.execute(
             sa.select(feed_batches.c.kid).order_by(feed_batches.c.issued.desc()).limit(1)
         ).scalar_one()
-    code, out, _ = run_cli(
-        "verify",
-        "--url",
-        server.discovery,
-        "--collection",
-        "jpcert-originating",
-        "--user",
-        "jpcert",
-        "--password-file",
-        feed.password_file("jpcert"),
-        "--jwks",
-        str(jwks_file),
-        "--trust-kid",
-        newest,
-        env=env,
-    )
+    code, out, _ = verify_jpcert("--trust-kid", newest)
     assert code == 1
     assert f"signed by {newest}" in out and "not among the trusted keys" in out
 
