@@ -9,9 +9,9 @@ made on first use (:func:`metrics`) and commands that run the service call
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +60,21 @@ class Metrics:
     last_success: Any
 
 
-@functools.cache
+_made: list[Metrics] = []
+_making = threading.Lock()
+
+
 def metrics() -> Metrics:
+    """This process's metrics, made on first use. The first requests of a gunicorn worker come
+    in on several threads at once: the lock makes the metrics once (a second registration of
+    the same names raises DuplicateTimeseries, which failed those requests with a 500)."""
+    with _making:
+        if not _made:
+            _made.append(_make_metrics())
+        return _made[0]
+
+
+def _make_metrics() -> Metrics:
     from prometheus_client import Counter, Gauge, Histogram, values
 
     if os.environ.get(ENV):
