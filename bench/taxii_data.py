@@ -98,14 +98,15 @@ def _report(rng: random.Random, refs: list[str]) -> dict[str, Any]:
 
 
 def generate_objects(
-    count: int, seed: int = 1, batch: int = 10_000
+    count: int, seed: int = 1, batch: int = 10_000, first_source: int = 0
 ) -> Iterator[tuple[dict[str, Any], bytes]]:
     """``count`` objects as (dict, compact JSON bytes), the form add_objects takes; every
     ``batch``-th is a ``report``, as the publisher ends each batch (its ``object_refs`` cut to
-    the last 20 objects: a real one lists the whole batch and carries its signed manifest)."""
+    the last 20 objects: a real one lists the whole batch and carries its signed manifest).
+    Sources are numbered from ``first_source``: other numbers, other addresses and objects."""
     rng = random.Random(seed)
     made = 0
-    number = 0
+    number = first_source
     recent: list[str] = []
     while made < count:
         for obj in _source(rng, number):
