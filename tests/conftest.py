@@ -132,6 +132,20 @@ def smtp_sink() -> Iterator[object]:
 
 
 @pytest.fixture
+def crasher(tmp_path: Path) -> Iterator[object]:
+    """Runs spampots commands SIGKILLed at chosen steps (tests/crash_helpers.py)."""
+    from crash_helpers import Crasher
+
+    folder = tmp_path / "crash-runs"
+    folder.mkdir()
+    running = Crasher(folder)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
 def generated(initialised: Settings, environ: dict[str, str], tmp_path: Path) -> object:
     """An initialised store whose spool holds ~300 generated messages (tests/ingest_helpers);
     ``.settings`` read the generator's .mmdb files, ``.data.expected`` has the figures."""

@@ -1,4 +1,5 @@
-"""SIGKILL at any moment, then run again: the store ends exactly as after one clean run."""
+"""SIGKILL at any moment (20 random steps, named points, from outside), then run again: the store
+ends exactly as after one clean run."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from crash_helpers import Crasher, child, kill_gaps
 from ingest_helpers import generate_home
 
 from feeds.batches import ingest_batches, quarantine
@@ -80,18 +82,6 @@ def dump(url: str, home: Path) -> dict[str, Any]:
     return {"tables": tables, "files": files}
 
 
-def child(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(HERE / "ingest_crash_child.py"), *args],
-        env={**os.environ, **env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "feeds.cli", *args],
@@ -113,7 +103,7 @@ def lines_done(url: str) -> int:
 
 
 def test_sigkill_anywhere_then_again_equals_one_clean_run(
-    initialised: Settings, environ: dict[str, str], tmp_path: Path
+    initialised: Settings, environ: dict[str, str], tmp_path: Path, crasher: Crasher
 ) -> None:
     generated = generate_home(environ, tmp_path, 300, seed=11, bad_every=25, batch_lines=120)
     crashed_env = {**generated.environ, "SPAMPOTS_INGEST_CHUNK_LINES": "40"}
@@ -129,10 +119,13 @@ def test_sigkill_anywhere_then_again_equals_one_clean_run(
         "SPAMPOTS_DATABASE_URL": clean_url,
     }
     init_home(load_settings(clean_env))
-    clean = cli(clean_env, "ingest")
-    _, err = clean.communicate(timeout=300)
-    assert clean.returncode == 0, err
+    clean, steps = crasher.counted(clean_env, ["ingest"])
+    assert clean.code == 0, clean.stderr
 
+    # 20 seeded random steps (statements, commits, file renames) in the first half of the
+    # work, one killed run after the other; then the named points and an outside kill.
+    runs = crasher.killed_runs(crashed_env, ["ingest"], kill_gaps(seed=20, steps=steps // 2))
+    assert [run.code for run in runs] == [-signal.SIGKILL] * 20
     for point, n in (("in-chunk", 3), ("after-chunk", 4), ("before-move", 2), ("in-chunk", 1)):
         killed = child(crashed_env, point, str(n))
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
