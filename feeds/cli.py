@@ -405,6 +405,12 @@ def add_ingest_commands(commands: Any) -> None:
     stats.add_argument("--until", help="to this date or RFC 3339 time (exclusive)")
     stats.add_argument("--format", choices=("text", "csv", "json"), default="text")
     stats.set_defaults(handler=cmd_stats)
+    retention = commands.add_parser(
+        "retention",
+        help="remove captures older than SPAMPOTS_RETENTION_DAYS (whole weeks); on PostgreSQL "
+        "also make the coming weeks' partitions",
+    )
+    retention.set_defaults(handler=cmd_retention)
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -462,6 +468,17 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     else:
         names = as_names(engine, [row["key"] for row in stats["by_asn"] if row["key"]])
         print(render_text(stats, names), end="")
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime as dt
+
+    from feeds.home import open_store
+    from feeds.retention import apply_retention
+
+    report = apply_retention(open_store(settings), settings.retention_days, dt.datetime.now(dt.UTC))
+    print(report.line())
     return 0
 
 

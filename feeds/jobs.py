@@ -33,6 +33,11 @@ def jobs_for(settings: Settings, config: PartnersConfig, engine: Engine) -> list
             functools.partial(publish_job, settings, config, engine, None),
         ),
         JobSpec(
+            "retention",
+            interval(dt.timedelta(days=1)),
+            functools.partial(retention_job, settings, engine),
+        ),
+        JobSpec(
             "keys-reminder",
             interval(dt.timedelta(days=1)),
             functools.partial(keys_reminder_job, settings, engine),
@@ -140,6 +145,19 @@ def digest_retry_job(settings: Settings, config: PartnersConfig, engine: Engine)
 
     lines = retry_unsent(engine, settings, config)
     return JobOutcome("; ".join(lines) or "no digest waiting", {"retried": len(lines)})
+
+
+def retention_job(settings: Settings, engine: Engine) -> JobOutcome:
+    from feeds.retention import apply_retention
+
+    report = apply_retention(engine, settings.retention_days, dt.datetime.now(dt.UTC))
+    counts = {
+        "weeks": len(report.weeks),
+        "messages": report.messages,
+        "sessions": report.sessions,
+        "partitions_created": len(report.created),
+    }
+    return JobOutcome(report.line(), counts)
 
 
 def keys_reminder_job(settings: Settings, engine: Engine) -> JobOutcome:

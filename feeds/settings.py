@@ -49,6 +49,18 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError
 
 
+# The digests' rollups are rebuilt from the newest 70 days of captures plus a week of late ones
+# (feeds.rollups.HISTORY, LATE_MARGIN): a shorter retention would leave rebuilt digests short.
+MIN_RETENTION_DAYS = 77
+
+
+def _parse_retention(raw: str) -> int:
+    value = int(raw.strip())
+    if value != 0 and not MIN_RETENTION_DAYS <= value <= 36500:
+        raise ValueError
+    return value
+
+
 def _parse_database_url(raw: str) -> str:
     if not raw.startswith(("sqlite://", "postgresql+psycopg://")):
         raise ValueError
@@ -314,6 +326,15 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds between the worker's runs of ingest",
         "5-86400",
         _parse_int(5, 86400),
+    ),
+    Setting(
+        "retention_days",
+        "0",
+        "captures (messages, sessions) older than this many days are removed, a whole UTC week "
+        "at a time, by the worker's daily retention job or 'spampots retention'; rollups, "
+        "digests and published objects stay. 0: keep everything",
+        f"0 or {MIN_RETENTION_DAYS}-36500",
+        _parse_retention,
     ),
     Setting(
         "key_max_age_days",

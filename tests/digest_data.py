@@ -23,6 +23,7 @@ from feeds.messages import domain_key
 from feeds.partners import Partner
 from feeds.store import write_transaction
 from feeds.store.captures import message_domains, message_urls, messages, sessions, urls
+from feeds.store.partitions import ensure_weeks
 
 # (ip, cc, asn, as_name): TW by the enrichment, TW's listed ASN seen from a US address, an
 # address in TW's listed prefix that the enrichment did not place, and others.
@@ -184,10 +185,12 @@ def store_captures(
             _session_row(s, dataset.batch_id) for s in dataset.connections if s.id >= first_session
         ]
         if session_rows:
+            ensure_weeks(connection, "sessions", [row["ts"] for row in session_rows])
             connection.execute(sessions.insert(), session_rows)
         new = [c for c in dataset.captures if c.id >= first_message]
         if not new:
             return
+        ensure_weeks(connection, "messages", [c.ts for c in new])
         connection.execute(messages.insert(), [_message_row(c, dataset.batch_id) for c in new])
         domain_rows = []
         for c in new:

@@ -4,6 +4,10 @@
 ("everything ingested after id N"). The ``*_ip_key`` and ``*_rev`` columns make "address in
 this network" and "domain at or under this one" index range queries (see
 :func:`in_network` and :func:`under_domain`).
+
+On PostgreSQL ``sessions`` and ``messages`` are partitioned by week of ``ts``, their keys
+include ``ts`` and nothing can hold a foreign key to ``messages.id`` (see
+:mod:`feeds.store.partitions`); SQLite keeps the keys as declared here.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ messages = sa.Table(
 message_domains = sa.Table(
     "message_domains",
     metadata,
-    sa.Column("message_id", ID, sa.ForeignKey("messages.id"), primary_key=True),
+    sa.Column("message_id", ID, primary_key=True),  # messages.id (see above: no foreign key)
     sa.Column("domain", sa.String(255), primary_key=True),
     sa.Column("domain_rev", sa.String(256), nullable=False),
     sa.Column("recipients", sa.Integer, nullable=False),
@@ -106,7 +110,7 @@ urls = sa.Table(
 message_urls = sa.Table(
     "message_urls",
     metadata,
-    sa.Column("message_id", ID, sa.ForeignKey("messages.id"), primary_key=True),
+    sa.Column("message_id", ID, primary_key=True),  # messages.id (see above: no foreign key)
     sa.Column("url_id", ID, sa.ForeignKey("urls.id"), primary_key=True),
     sa.Column("domain", sa.String(255), nullable=False),
 )

@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
 from feeds.errors import StoreError
+from feeds.store.partitions import PARTITIONED, ensure_weeks
 
 metadata = sa.MetaData(
     naming_convention={
@@ -81,7 +82,8 @@ def bulk_insert(
     connection: Connection, table: sa.Table, rows: list[dict[str, Any]], *, ignore: bool = False
 ) -> None:
     """executemany straight to the driver: at ingest volumes SQLAlchemy's per-row parameter
-    processing costs as much as SQLite's own work. Values are converted as SQLAlchemy would
+    processing costs as much as SQLite's own work. On PostgreSQL the weeks of partitioned
+    tables' rows get their partitions first. Values are converted as SQLAlchemy would
     store them (SQLite: UTC timestamps as text, booleans as integers)."""
     if not rows:
         return
@@ -95,6 +97,8 @@ def bulk_insert(
             rows = [{**row, **{c: sqlite_value(row[c]) for c in convert}} for row in rows]
         values = [tuple(row[c] for c in columns) for row in rows]
     else:
+        if table.name in PARTITIONED:
+            ensure_weeks(connection, table.name, {row["ts"] for row in rows})
         tail = " ON CONFLICT DO NOTHING" if ignore else ""
         marks = ", ".join(["%s"] * len(columns))
         sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}){tail}"  # noqa: S608
