@@ -32,6 +32,7 @@ from feeds.enrich import ip_key  # noqa: E402
 from feeds.generator import SOURCE_MIX, TARGET_MIX, Generator  # noqa: E402
 from feeds.messages import domain_key  # noqa: E402
 from feeds.rawstore import store_raw  # noqa: E402
+from feeds.store.partitions import PARTITIONED, ensure_weeks  # noqa: E402
 
 WEEK = parse_week("2026-W47")
 TLDS = {
@@ -298,6 +299,10 @@ def bulk(engine: sa.Engine, table: str, rows: list[tuple[Any, ...]]) -> None:
     if not rows:
         return
     columns = COLUMNS[table]
+    if table in PARTITIONED and engine.dialect.name == "postgresql":
+        at = columns.index("ts")
+        with engine.begin() as connection:
+            ensure_weeks(connection, table, {row[at] for row in rows})
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
