@@ -15,11 +15,12 @@
 
 ``prefill`` loads a TAXII collection of ``--objects`` feed objects (bench/taxii_data.py), then
 writes ``--messages`` captures of 2026-W47 straight into the ingest tables (bench/seedweek.py's
-writer and world, the seed's shapes, its raw messages in the raw store) and sums the digests' rollups as ingest would; or, with
-``--copy-of``, takes that store's week as the newest and repeats it as the ``--weeks`` - 1 weeks
-before it, by copies inside PostgreSQL (ids keep following time; the rollups cover the newest
-week, as in a store whose rollups were rebuilt over its newest history). So both stores hold
-the same captures per week and differ in history only. ``measure`` then times, on that store:
+writer and world: the seed's shapes, raw messages in the raw store) and sums the digests'
+rollups as ingest would; or, with ``--copy-of``, takes that store's week as the newest and
+repeats it as the ``--weeks`` - 1 weeks before it, by copies inside PostgreSQL (ids keep
+following time; the rollups cover the newest week, as in a store whose rollups were rebuilt
+over its newest history). So both stores hold the same captures per week and differ in
+history only. ``measure`` then times, on that store:
 
 - a TAXII walk of the whole collection with taxii2-client (1,000-object pages, one ``serve``
   worker process);
