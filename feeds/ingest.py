@@ -20,6 +20,8 @@ import collections
 import concurrent.futures
 import datetime as dt
 import hashlib
+import multiprocessing.util
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +61,7 @@ from feeds.messages import (
     url_host,
 )
 from feeds.partners import PartnersConfig
-from feeds.rawstore import store_raw
+from feeds.rawstore import RawPacks
 from feeds.store import bulk_insert, write_transaction
 from feeds.store.captures import message_domains, message_urls, messages, sessions, urls
 
@@ -91,7 +93,7 @@ class Prepared:
 class _WorkerState:
     enricher: Enricher
     spool_raw: Path
-    raw_dir: Path
+    packs: RawPacks
     parsed: collections.OrderedDict[str, ParsedMessage]
     limits: MessageLimits = DEFAULT_LIMITS
 
@@ -106,23 +108,63 @@ def _init_worker(
     limits: MessageLimits = DEFAULT_LIMITS,
 ) -> None:
     global _state
-    _state = _WorkerState(Enricher(config), spool_raw, raw_dir, collections.OrderedDict(), limits)
+    if _state is not None:
+        _state.packs.close()
+    packs = RawPacks(raw_dir)
+    _state = _WorkerState(Enricher(config), spool_raw, packs, collections.OrderedDict(), limits)
+
+
+def _init_pool_worker(*args: Any) -> None:
+    _init_worker(*args)
+    assert _state is not None
+    # A pool's worker ends through multiprocessing's exit handlers, not the interpreter's.
+    multiprocessing.util.Finalize(_state.packs, _state.packs.close, exitpriority=10)
+
+
+def _close_worker() -> None:
+    global _state
+    if _state is not None:
+        _state.packs.close()
+        _state = None
 
 
 def prepare_chunk(lines: list[tuple[int, bytes]], last_line: int) -> Prepared:
     """Check, parse and enrich ``lines``; raw messages are kept in the data folder."""
     assert _state is not None, "_init_worker first"
     prepared = Prepared(last_line)
+    raws: dict[str, bytes] = {}
+    pending = 0
     for number, line in lines:
         try:
             record = parse_record(line)
             if isinstance(record, SessionRecord):
                 prepared.sessions.append(_session_row(record, number))
             else:
-                prepared.messages.append(_message_row(record, number, _state))
+                raw = _raw_of(record, _state)
+                prepared.messages.append(_message_row(record, raw, number, _state))
+                if record.raw_sha256 not in raws:
+                    raws[record.raw_sha256] = raw
+                    pending += len(raw)
+                    if pending > _PENDING_RAW_BYTES:
+                        _keep(raws, _state)
+                        raws, pending = {}, 0
         except RecordError as error:
             prepared.rejected.append((number, error.reason, verbatim(line)))
+    _keep(raws, _state)  # before the rows that name them can be committed
     return prepared
+
+
+_PENDING_RAW_BYTES = 32 << 20  # a chunk of huge messages is kept in parts, memory stays flat
+
+
+def _keep(raws: dict[str, bytes], state: _WorkerState) -> None:
+    try:
+        state.packs.keep(raws)
+    except (OSError, sqlite3.Error) as error:
+        raise StoreError(
+            f"cannot keep raw messages in {state.packs.raw_dir}: {error}",
+            hint="check the free space and permissions of the data folder, then ingest again",
+        ) from None
 
 
 def _one_line(text: str) -> str:
@@ -178,15 +220,9 @@ def _parsed(raw: bytes, digest: str, state: _WorkerState) -> ParsedMessage:
     return cached
 
 
-def _message_row(record: MessageRecord, line: int, state: _WorkerState) -> PreparedMessage:
-    raw = _raw_of(record, state)
-    try:
-        store_raw(state.raw_dir, record.raw_sha256, raw)
-    except OSError as error:
-        raise StoreError(
-            f"cannot keep raw message {record.raw_sha256} in {state.raw_dir}: {error.strerror}",
-            hint="check the free space and permissions of the data folder, then ingest again",
-        ) from None
+def _message_row(
+    record: MessageRecord, raw: bytes, line: int, state: _WorkerState
+) -> PreparedMessage:
     parsed = _parsed(raw, record.raw_sha256, state)
     src = state.enricher.lookup(record.src_ip)
     dst: Answer = state.enricher.lookup(record.dst_ip) if record.dst_ip else NO_ANSWER
@@ -597,7 +633,7 @@ class _InProcess:
         return lambda chunks: (prepare_chunk(lines, last) for lines, last in chunks)
 
     def __exit__(self, *exc: object) -> None:
-        return None
+        _close_worker()
 
 
 class _Pool:
@@ -611,7 +647,7 @@ class _Pool:
         self,
     ) -> Callable[[Iterable[tuple[list[tuple[int, bytes]], int]]], Iterator[Prepared]]:
         self.executor = concurrent.futures.ProcessPoolExecutor(
-            self.workers, initializer=_init_worker, initargs=self.initargs
+            self.workers, initializer=_init_pool_worker, initargs=self.initargs
         )
         return self._prepare
 

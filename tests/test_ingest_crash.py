@@ -20,6 +20,7 @@ from ingest_helpers import generate_home
 from feeds.batches import ingest_batches, quarantine
 from feeds.enrich import enrichment_sources
 from feeds.home import engine_for, init_home
+from feeds.rawstore import kept_digests
 from feeds.settings import Settings, load_settings
 from feeds.store.captures import message_domains, message_urls, messages, sessions, urls
 
@@ -77,9 +78,9 @@ def dump(url: str, home: Path) -> dict[str, Any]:
             for p in (home / folder).rglob("*")
             if p.is_file() and not p.name.endswith(".tmp")
         )
-        for folder in ("raw", "spool/done", "spool/incoming")
+        for folder in ("spool/done", "spool/incoming")
     }
-    return {"tables": tables, "files": files}
+    return {"tables": tables, "files": files, "raw": list(kept_digests(home / "raw"))}
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
