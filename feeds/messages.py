@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 from publicsuffixlist import PublicSuffixList
 
+from feeds.mimeparse import message_from_bytes
+
 MAX_TEXT_SCANNED = 1 << 20  # characters of one decoded part searched for URLs
 MAX_URLS = 200  # per message: a list page of a million links is not a million indicators
 MAX_URL_LENGTH = 2048
@@ -81,7 +83,7 @@ def parse_message(raw: bytes, limits: MessageLimits = DEFAULT_LIMITS) -> ParsedM
         raw = raw[: limits.max_message_bytes]
         reached["bytes"] = None
     try:
-        message = email.message_from_bytes(raw, policy=compat32)
+        message = message_from_bytes(raw)
     except RecursionError:  # the stdlib parser recurses once per nested multipart
         message = email.parser.BytesHeaderParser(policy=compat32).parsebytes(raw)
         reached["depth"] = None
