@@ -88,11 +88,14 @@ class RawPacks:
                 before = connection.total_changes
                 connection.executemany("INSERT OR IGNORE INTO raw VALUES (?, ?)", rows)
                 written += connection.total_changes - before
-                connection.execute("COMMIT")
+                self._commit(connection)
             except BaseException:
                 connection.rollback()
                 raise
         return written
+
+    def _commit(self, connection: sqlite3.Connection) -> None:
+        connection.execute("COMMIT")  # one step of the crash tests (tests/crash_child.py)
 
     def _connection(self, shard: str) -> sqlite3.Connection:
         connection = self._connections.get(shard)

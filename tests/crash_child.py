@@ -2,9 +2,9 @@
 
     python crash_child.py step N [SPAMPOTS ARGS...]
 Counts the steps the command takes, where a kill leaves something behind: every SQL statement
-and every COMMIT (before it is sent), every file rename (os.replace, os.rename) and every SMTP
-DATA (before the message is sent); dies by SIGKILL just before step N. N = 0 runs to the end
-and prints ``steps: <count>`` on stderr: what a clean run takes.
+and every COMMIT (before it is sent; the raw message packs' too), every file rename (os.replace,
+os.rename) and every SMTP DATA (before the message is sent); dies by SIGKILL just before step N.
+N = 0 runs to the end and prints ``steps: <count>`` on stderr: what a clean run takes.
 
     python crash_child.py serve
 The same for many commands, without paying for Python's start and imports each time: reads
@@ -31,7 +31,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from feeds import cli, ingest
+from feeds import cli, ingest, rawstore
 from feeds.settings import load_settings
 
 
@@ -59,6 +59,7 @@ def at_step(n: int, argv: list[str], steps_file: str | None = None) -> int:
         return wrapper
 
     os.replace = counted(os.replace)
+    rawstore.RawPacks._commit = counted(rawstore.RawPacks._commit)  # type: ignore[method-assign]
     os.rename = counted(os.rename)
     smtplib.SMTP.data = counted(smtplib.SMTP.data)  # type: ignore[method-assign]
     code = cli.main(argv)
