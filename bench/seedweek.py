@@ -31,7 +31,7 @@ from feeds.digest import parse_week  # noqa: E402
 from feeds.enrich import ip_key  # noqa: E402
 from feeds.generator import SOURCE_MIX, TARGET_MIX, Generator  # noqa: E402
 from feeds.messages import domain_key  # noqa: E402
-from feeds.rawstore import store_raw  # noqa: E402
+from feeds.rawstore import RawPacks  # noqa: E402
 from feeds.store.partitions import PARTITIONED, ensure_weeks  # noqa: E402
 
 WEEK = parse_week("2026-W47")
@@ -123,8 +123,11 @@ class World:
         self.body_weights = [1 / (rank + 1) for rank in range(len(self.bodies))]
 
     def store_bodies(self, raw_dir: Path) -> None:
-        for sha, _, _, raw in self.bodies:
-            store_raw(raw_dir, sha, raw)
+        packs = RawPacks(raw_dir)
+        try:
+            packs.keep({sha: raw for sha, _, _, raw in self.bodies})
+        finally:
+            packs.close()
 
 
 def rows(
