@@ -23,8 +23,6 @@ from sqlalchemy.engine import Connection
 
 PARTITIONED = ("sessions", "messages")
 WEEK = dt.timedelta(days=7)
-# pg_advisory_xact_lock key: one creator of partitions at a time ("partitions" in ASCII).
-_CREATE_LOCK = 0x7061727469746E73
 
 
 def week_start(moment: dt.datetime) -> dt.datetime:
@@ -76,7 +74,12 @@ def ensure_weeks(connection: Connection, table: str, moments: Iterable[dt.dateti
     missing = wanted - set(weeks_of(connection, table))
     if not missing or not is_partitioned(connection, table):  # before migration 0007
         return []
-    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_LOCK})
+    # One creator of a table's partitions at a time, per schema: advisory locks are the whole
+    # database's, and stores in other schemas must not wait for this transaction.
+    connection.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtext(current_schema()), hashtext(:table))"),
+        {"table": table},
+    )
     missing -= set(weeks_of(connection, table))  # made meanwhile by another transaction
     created = []
     for monday in sorted(missing):
