@@ -44,6 +44,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -189,10 +190,11 @@ def repeat_history(engine: sa.Engine, source: str, weeks: int) -> int:
     with engine.connect() as connection:
         for table in COPIED_AS_THEY_ARE:
             copy_table(connection, source, table, {})
-        per_week = {
+        per_week = {  # the writer's week, not what a measured ingest added after it
             table: int(
                 connection.execute(
-                    sa.text(f'SELECT max(id) FROM "{schema_of(source)}".{table}')  # noqa: S608
+                    sa.text(f'SELECT max(id) FROM "{schema_of(source)}".{table} WHERE ts < :end'),  # noqa: S608
+                    {"end": WEEK.end},
                 ).scalar_one()
             )
             for table in ("messages", "sessions")
@@ -202,7 +204,8 @@ def repeat_history(engine: sa.Engine, source: str, weeks: int) -> int:
         shift["message_domains"] = shift["message_urls"] = shift["messages"]
         for table in CAPTURES:
             ensure_weeks(connection, table, [WEEK.start])
-            copy_table(connection, source, table, {ID_COLUMN[table]: shift[table]})
+            size = per_week["sessions" if table == "sessions" else "messages"]
+            copy_table(connection, source, table, {ID_COLUMN[table]: shift[table]}, upto=size)
         connection.execute(
             rollups.rollup_state.update().values(
                 messages_done=per_week["messages"] * weeks,
@@ -227,13 +230,22 @@ def _columns(connection: sa.Connection, table: str) -> list[str]:
     return list(connection.execute(sa.text(f"SELECT * FROM {table} LIMIT 0")).keys())  # noqa: S608
 
 
-def copy_table(connection: sa.Connection, source: str, table: str, shift: dict[str, int]) -> None:
+def copy_table(
+    connection: sa.Connection,
+    source: str,
+    table: str,
+    shift: dict[str, int],
+    upto: int | None = None,
+) -> None:
+    """Rows of ``table`` from store ``source``, ids shifted; with ``upto``, the rows whose id
+    is at most that."""
     columns = _columns(connection, table)
     picked = ", ".join(f"{c} + {shift[c]}" if c in shift else c for c in columns)
+    where = f" WHERE {ID_COLUMN[table]} <= {upto}" if upto is not None else ""
     connection.execute(
         sa.text(
             f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608
-            f'SELECT {picked} FROM "{schema_of(source)}".{table}'
+            f'SELECT {picked} FROM "{schema_of(source)}".{table}{where}'
         )
     )
 
@@ -268,9 +280,9 @@ def digest_week(engine: sa.Engine) -> Week:
 
 def timed(label: str, what: Callable[[], int], unit: str) -> dict[str, Any]:
     load_before = Path("/proc/loadavg").read_text().split()[0]
-    began, cpu_began = time.perf_counter(), time.process_time()
+    began, cpu_began = time.perf_counter(), cpu_seconds()
     count = what()
-    wall, cpu = time.perf_counter() - began, time.process_time() - cpu_began
+    wall, cpu = time.perf_counter() - began, cpu_seconds() - cpu_began
     result = {"what": label, "count": count, "unit": unit, "wall_s": wall, "cpu_s": cpu}
     result["load"] = f"{load_before}->{Path('/proc/loadavg').read_text().split()[0]}"
     print(
@@ -280,6 +292,14 @@ def timed(label: str, what: Callable[[], int], unit: str) -> dict[str, Any]:
         flush=True,
     )
     return result
+
+
+def cpu_seconds() -> float:
+    """This process's CPU and its finished children's (ingest's parsing workers)."""
+    mine, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return mine.ru_utime + mine.ru_stime + children.ru_utime + children.ru_stime
 
 
 def process_cpu(pid: int) -> float:
@@ -343,8 +363,13 @@ def measure_publish(settings: Settings, meta: dict[str, Any]) -> dict[str, Any]:
     config = load_partners(settings.partners)
     per_day = meta["messages"] // (meta["weeks"] * 7)
     with engine.connect() as connection:
-        newest = int(connection.execute(sa.text("SELECT max(id) FROM messages")).scalar_one())
+        newest = int(
+            connection.execute(
+                sa.text("SELECT max(id) FROM messages WHERE ts < :end"), {"end": WEEK.end}
+            ).scalar_one()
+        )
     with write_transaction(engine) as connection:
+        forget_published(connection, config, meta)
         for feed in ("originating", "returning"):
             collection = config.collection(f"{PARTNER}-{feed}")
             assert collection is not None
@@ -362,6 +387,38 @@ def measure_publish(settings: Settings, meta: dict[str, Any]) -> dict[str, Any]:
         "publish one partner-day",
         lambda: publish(settings, PARTNER, engine=engine, config=config).objects,
         "objects",
+    )
+
+
+def forget_published(connection: sa.Connection, config: Any, meta: dict[str, Any]) -> None:
+    """What an earlier measured run published, so that every run publishes alike: all of the
+    publisher's state, and every object but the collection the walk reads as prefilled."""
+    walked = config.collection(WALKED)
+    assert walked is not None
+    for table in ("feed_batches", "feed_watermarks", "feed_indicators", "feed_object_versions"):
+        connection.execute(sa.text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+    first_extra = connection.execute(
+        sa.text(
+            "SELECT row_id FROM taxii_objects WHERE collection_id = :walked "
+            "ORDER BY row_id OFFSET :objects LIMIT 1"
+        ),
+        {"walked": walked.id, "objects": meta["objects"]},
+    ).scalar()
+    connection.execute(
+        sa.text("DELETE FROM taxii_objects WHERE collection_id <> :walked OR row_id >= :first"),
+        {"walked": walked.id, "first": first_extra or 2**62},
+    )
+    connection.execute(
+        sa.text("DELETE FROM taxii_collection_state WHERE collection_id <> :walked"),
+        {"walked": walked.id},
+    )
+    connection.execute(
+        sa.text(
+            "UPDATE taxii_collection_state SET object_count = :objects, last_added_us = "
+            "(SELECT max(date_added_us) FROM taxii_objects WHERE collection_id = :walked) "
+            "WHERE collection_id = :walked"
+        ),
+        {"walked": walked.id, "objects": meta["objects"]},
     )
 
 
@@ -396,6 +453,10 @@ def measure(args: argparse.Namespace) -> None:
         f"{args.name}: {meta['messages']:,} messages over {meta['weeks']} weeks, "
         f"a collection of {meta['objects']:,} objects; {os.cpu_count()} CPUs"
     )
+    engine = engine_for(settings.database_url)
+    rollups.refresh(engine, load_partners(settings.partners))  # what an earlier run ingested
+    with write_transaction(engine) as connection:
+        forget_published(connection, load_partners(settings.partners), meta)
     results = [
         measure_walk(settings, args),
         measure_digest(settings),
