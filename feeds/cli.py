@@ -507,6 +507,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # the last guard: a person never sees a traceback
         if args.debug:
             raise
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(error, OperationalError):  # e.g. PostgreSQL restarted during the run
+            from feeds.store import store_unavailable
+
+            unavailable = store_unavailable(error)
+            print(f"spampots: error: {one_line(str(unavailable))}", file=sys.stderr)
+            return unavailable.exit_code
         print(
             f"spampots: internal error: {type(error).__name__}: {one_line(str(error))}; "
             "run again with --debug and report the traceback",

@@ -32,7 +32,7 @@ from feeds.leader import Leadership
 from feeds.metrics import observe_job
 from feeds.partners import PartnersConfig, check_partners_file
 from feeds.settings import Settings
-from feeds.store import as_utc, metadata, write_transaction
+from feeds.store import as_utc, metadata, store_unavailable, write_transaction
 
 log = logging.getLogger("spampots.worker")
 
@@ -275,11 +275,18 @@ def run_job(engine: Engine, spec: JobSpec) -> JobOutcome | None:
     extra: dict[str, object] = {"job": spec.name}
     if spec.partner:
         extra["partner"] = spec.partner
-    _record(engine, spec.name, starting=True, last_started=started)
+    try:
+        _record(engine, spec.name, starting=True, last_started=started)
+    except sa.exc.OperationalError as error:  # the store is down: the next run tries again
+        log.error("%s not run: %s", spec.name, store_unavailable(error), extra=extra)
+        return None
     try:
         outcome = spec.run()
     except SpampotsError as error:
         _finish(engine, spec, "failed", str(error), clock, extra)
+        return None
+    except sa.exc.OperationalError as error:  # e.g. PostgreSQL restarted during the run
+        _finish(engine, spec, "failed", str(store_unavailable(error)), clock, extra)
         return None
     except Exception as error:  # a job must never take the worker down
         _finish(engine, spec, "failed", f"{type(error).__name__}: {error}", clock, extra, exc=True)

@@ -35,6 +35,7 @@ from feeds.home import open_store
 from feeds.keys import jwks
 from feeds.metrics import exposition, metrics
 from feeds.settings import Settings
+from feeds.store import store_unavailable
 from taxii_server.accounts import Accounts, FailureThrottle, PartnersFile, Principal
 from taxii_server.audit import PollAudit
 from taxii_server.backend import TAXII_MEDIA_TYPE, StoreBackend
@@ -61,6 +62,7 @@ SECURITY_HEADERS = {
 }
 View = Callable[..., Any]
 UNCOUNTED = frozenset({"healthz", "readyz", "metrics", "jwks", "openapi"})
+STORE_RETRY_AFTER = 5  # seconds a client waits before asking again while the store is down
 
 
 @dataclass
@@ -358,6 +360,11 @@ def _error_response(error: Exception) -> Response:
             if k.lower() not in ("content-type", "content-length")
         )
         title, description = error.name, error.description or error.name
+    elif isinstance(error, sa.exc.OperationalError):  # the store restarts, or is down
+        log.error("%s %s: %s", request.method, request.path, store_unavailable(error).message)
+        status, title = 503, _reason(503)
+        description = "the store does not answer for the moment; try the same request again"
+        headers["Retry-After"] = str(STORE_RETRY_AFTER)
     else:
         log.exception("internal error on %s %s", request.method, request.path)
         status, title, description = 500, "Internal Error", "the server failed; it is logged"

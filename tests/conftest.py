@@ -131,6 +131,23 @@ def smtp_sink() -> Iterator[object]:
         yield sink
 
 
+@pytest.fixture(scope="module")
+def private_postgres() -> Iterator[object]:
+    """A PostgreSQL server of the module's own, to restart (tests/private_postgres.py). With
+    CI=true, a machine without PostgreSQL's server programs fails the test instead of skipping."""
+    from private_postgres import postgres_bin
+    from private_postgres import private_postgres as start
+
+    found = postgres_bin()
+    if found is None:
+        message = "no initdb (set SPAMPOTS_TEST_POSTGRES_BIN to PostgreSQL's bin folder)"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: the PostgreSQL tests must run)")
+        pytest.skip(message)
+    with start(found) as server:
+        yield server
+
+
 @pytest.fixture
 def crasher(tmp_path: Path) -> Iterator[object]:
     """Runs spampots commands SIGKILLed at chosen steps (tests/crash_helpers.py)."""

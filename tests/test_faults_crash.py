@@ -7,17 +7,15 @@ collections end as after one clean run, no half batch is ever visible, no mail g
 from __future__ import annotations
 
 import datetime as dt
-import re
-import shutil
 import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from crash_helpers import Crasher, kill_gaps
 from digest_data import Dataset, make_captures, store_captures
+from publish_checks import collections, feed_store, no_half_batch
 from smtp_sink import SmtpSink
 from taxii_helpers import running_server
 from test_publish import PASSWORDS, partners_text
@@ -25,90 +23,9 @@ from test_publish import PASSWORDS, partners_text
 from feeds.deliveries import deliveries
 from feeds.digest import parse_week
 from feeds.generator import generate
-from feeds.home import engine_for, init_home
-from feeds.ingest import ingest_run
-from feeds.publish import feed_batches, feed_watermarks
-from feeds.settings import Settings, load_settings
+from feeds.home import engine_for
+from feeds.settings import Settings
 from feeds.verify import verify_collection
-from taxii_server.objects import taxii_objects
-
-# What differs between two runs that publish the same: random (version 4) ids, times.
-RANDOM_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z")
-SIGNED = "extensions"  # the report's signed manifest: over random ids and times
-
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _normal(v) for k, v in sorted(value.items()) if k != SIGNED}
-    if isinstance(value, list):
-        return sorted((_normal(v) for v in value), key=repr)
-    if isinstance(value, str):
-        return TIMESTAMP.sub("<time>", RANDOM_UUID.sub("<random>", value))
-    return value
-
-
-def collections(url: str) -> dict[str, Any]:
-    """Per collection: its objects with random ids and times taken out, and its batches."""
-    t, b = taxii_objects.c, feed_batches.c
-    found: dict[str, Any] = {}
-    with engine_for(url).connect() as connection:
-        for collection_id, body in connection.execute(sa.select(t.collection_id, t.body)):
-            entry = found.setdefault(collection_id, {"objects": Counter(), "batches": []})
-            entry["objects"][repr(_normal(orjson.loads(body)))] += 1
-        for row in connection.execute(
-            sa.select(b.collection_id, b.objects, b.indicators, b.expired, b.after_message_id)
-        ):
-            found[row[0]]["batches"].append(tuple(row[1:]))
-        for entry in found.values():
-            entry["batches"].sort()
-        marks = connection.execute(sa.select(feed_watermarks)).mappings().all()
-        found["watermarks"] = sorted(
-            (m["collection_id"], m["last_message_id"], m["pending_upto"], m["pending_cursor"])
-            for m in marks
-        )
-    return found
-
-
-def no_half_batch(url: str) -> None:
-    """Every object in a collection is a batch's report or in the signed manifest of one, and
-    every batch recorded has its report: what a partner can read is only ever whole batches."""
-    t = taxii_objects.c
-    with engine_for(url).connect() as connection:
-        rows = connection.execute(sa.select(t.collection_id, t.object_id, t.object_type)).all()
-        reports = connection.execute(
-            sa.select(t.collection_id, t.body).where(t.object_type == "report")
-        ).all()
-        batches = connection.execute(sa.select(sa.func.count()).select_from(feed_batches))
-        assert batches.scalar_one() == len(reports)
-    listed = set()
-    for collection_id, body in reports:
-        report = orjson.loads(body)
-        (signed,) = report["extensions"].values()
-        listed |= {(collection_id, row[0]) for row in signed["manifest"]["objects"]}
-        listed.add((collection_id, report["id"]))
-    loose = {(c, i) for c, i, _ in rows} - listed
-    assert not loose, f"objects outside any committed batch: {sorted(loose)[:5]}"
-
-
-def _feed_env(
-    environ: dict[str, str], tmp: Path, spool: Path, url: str, name: str
-) -> tuple[dict[str, str], Settings]:
-    """A data folder and store of its own, with the generated spool ingested."""
-    folder = tmp / name
-    shutil.copytree(spool, folder / "spool")
-    env = {
-        **environ,
-        "SPAMPOTS_HOME": str(folder / "var"),
-        "SPAMPOTS_DATABASE_URL": url,
-        "SPAMPOTS_SPOOL": str(folder / "spool"),
-        "SPAMPOTS_BATCH_OBJECTS": "40",
-        "SPAMPOTS_SAMPLES_PER_PUBLISH": "30",
-    }
-    settings = load_settings(env)
-    init_home(settings)
-    ingest_run(settings, workers=1).run()
-    return env, settings
 
 
 def test_publish_killed_at_20_random_steps_then_once_more_equals_one_clean_run(
@@ -126,9 +43,9 @@ def test_publish_killed_at_20_random_steps_then_once_more_equals_one_clean_run(
         "SPAMPOTS_ASN_MMDB": str(generated.asn_mmdb),
     }
     clean_url = f"sqlite:///{tmp_path}/clean.db"
-    clean_env, _ = _feed_env(environ, tmp_path, generated.spool, clean_url, "clean")
+    clean_env, _ = feed_store(environ, tmp_path, generated.spool, clean_url, "clean")
     url = environ["SPAMPOTS_DATABASE_URL"]
-    crashed_env, crashed = _feed_env(environ, tmp_path, generated.spool, url, "crashed")
+    crashed_env, crashed = feed_store(environ, tmp_path, generated.spool, url, "crashed")
     done, steps = crasher.counted(clean_env, ["publish"])
     assert done.code == 0, done.stderr
 

@@ -11,6 +11,7 @@ from feeds.store.engine import (
     connect,
     metadata,
     migrate,
+    store_unavailable,
     write_transaction,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "connect",
     "metadata",
     "migrate",
+    "store_unavailable",
     "write_transaction",
 ]

@@ -40,6 +40,24 @@ def as_utc_or_none(moment: dt.datetime | None) -> dt.datetime | None:
     return None if moment is None else as_utc(moment)
 
 
+class StoreUnavailable(StoreError):
+    """The database server could not be reached, or went away during the work (restarted,
+    stopped): what was not committed is rolled back, a later run does it again."""
+
+
+def store_unavailable(
+    error: sa.exc.OperationalError, url: str | sa.URL | None = None
+) -> StoreError:
+    """One clear error, without the driver's traceback, for a store that does not answer."""
+    where = f" at {sa.make_url(url).render_as_string(hide_password=True)}" if url else ""
+    reason = " ".join(str(error.orig or error).split())
+    return StoreUnavailable(
+        f"cannot reach the store{where}: {reason}",
+        hint="check SPAMPOTS_DATABASE_URL and that the database server runs; nothing half "
+        "written is kept, run again when it answers",
+    )
+
+
 def connect(url: str, **engine_options: Any) -> Engine:
     """An engine for the store at ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
     if url.startswith("sqlite"):
@@ -133,11 +151,7 @@ def migrate(engine: Engine) -> list[str]:
             connection.commit()
             after = set(MigrationContext.configure(connection).get_current_heads())
     except sa.exc.OperationalError as error:
-        raise StoreError(
-            f"cannot reach the store at {engine.url.render_as_string(hide_password=True)}: "
-            f"{error.orig}",
-            hint="check SPAMPOTS_DATABASE_URL and that the database server runs",
-        ) from None
+        raise store_unavailable(error, engine.url) from None
     return sorted(after - before)
 
 
