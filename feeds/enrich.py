@@ -15,6 +15,8 @@ import datetime as dt
 import functools
 import hashlib
 import ipaddress
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -70,7 +72,7 @@ class MmdbDatabase:
 
     def __init__(self, path: Path, kind: str) -> None:
         try:
-            self._reader = maxminddb.open_database(str(path))
+            self._reader = _open_private_copy(path)
         except (OSError, maxminddb.InvalidDatabaseError, ValueError) as error:
             raise ConfigurationError(
                 f"cannot read the {kind} database {path}: {error}",
@@ -90,6 +92,25 @@ class MmdbDatabase:
         if not isinstance(record, dict):
             return None, None, None
         return _country_of(record), _asn_of(record), _as_name_of(record)
+
+
+def _open_private_copy(path: Path) -> maxminddb.Reader:
+    """A reader over a copy of the file that only this process holds.
+
+    The fast reader maps the file into memory; a database rewritten in place meanwhile (``cp``
+    over it) would pull the pages from under the mapping, and the next lookup kills the whole
+    process with SIGBUS. The copy (a memfd, as large as the file) cannot change; a file
+    replaced while being copied fails to open, with a clear error, instead.
+    """
+    if not hasattr(os, "memfd_create"):
+        return maxminddb.open_database(str(path), maxminddb.MODE_MEMORY)
+    fd = os.memfd_create(f"spampots-{path.name}", os.MFD_CLOEXEC)
+    try:
+        with path.open("rb") as source, open(os.dup(fd), "wb") as copy:
+            shutil.copyfileobj(source, copy)
+        return maxminddb.open_database(f"/proc/self/fd/{fd}", maxminddb.MODE_MMAP_EXT)
+    finally:
+        os.close(fd)  # the mapping keeps the copy as long as the reader lives
 
 
 def _country_of(record: dict[str, Any]) -> str | None:
