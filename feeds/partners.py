@@ -712,6 +712,17 @@ def _find_key(node: Node, key: str) -> Node | None:
     return None
 
 
+def file_stamp(path: Path | str) -> tuple[int, int, int] | None:
+    """What tells an edited partners file from the one read before: modification time, size
+    and inode (an editor's rename). The time alone misses a second edit within the file
+    system's clock tick; None when the file cannot be read."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def check_partners_file(path: Path | str) -> tuple[PartnersConfig | None, list[Problem]]:
     path = Path(path)
     shown = str(path)

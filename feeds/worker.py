@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from feeds.errors import SpampotsError
 from feeds.leader import Leadership
 from feeds.metrics import observe_job
-from feeds.partners import PartnersConfig, check_partners_file
+from feeds.partners import PartnersConfig, check_partners_file, file_stamp
 from feeds.settings import Settings
 from feeds.store import as_utc, metadata, store_unavailable, write_transaction
 
@@ -133,7 +133,7 @@ class Worker:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self.config: PartnersConfig | None = None
-        self._partners_mtime: float | None = None
+        self._partners_stamp: tuple[int, int, int] | None = None
         self._active = False
         self._stop = threading.Event()
 
@@ -198,21 +198,19 @@ class Worker:
     def reload_partners(self) -> bool:
         """Re-read partners.yaml if it changed; True when a new good configuration is in use."""
         path = Path(self.settings.partners)
-        try:
-            mtime = path.stat().st_mtime_ns
-        except OSError:
-            mtime = None
-        if mtime == self._partners_mtime and self.config is not None:
+        stamp = file_stamp(path)
+        if stamp == self._partners_stamp and self.config is not None:
             return False
-        self._partners_mtime = mtime
+        self._partners_stamp = stamp
         config, problems = check_partners_file(path)
         if config is None:
-            for problem in problems:
-                log.error("partners.yaml edit refused: %s", problem)
-            if self.config is not None:
-                log.error(
-                    "keeping the last good configuration (%d partners)", len(self.config.partners)
-                )
+            kept = (
+                f"keeping the last good configuration ({len(self.config.partners)} partners)"
+                if self.config is not None
+                else "no configuration to run"
+            )
+            for problem in problems:  # one line per mistake, each saying what happens
+                log.error("partners.yaml edit refused, %s: %s", kept, problem)
             return False
         changed = self.config is not None
         self.config = config

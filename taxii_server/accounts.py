@@ -31,7 +31,7 @@ from argon2 import Parameters, PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from feeds.errors import PartnersFileError
-from feeds.partners import Account, Collection, PartnersConfig, load_partners
+from feeds.partners import Account, Collection, PartnersConfig, file_stamp, load_partners
 
 log = logging.getLogger(__name__)
 CACHE_SECONDS = 300.0
@@ -50,11 +50,7 @@ class PartnersFile:
         self._config = load_partners(self.path)
 
     def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
+        return file_stamp(self.path)
 
     def current(self) -> PartnersConfig:
         stamp = self._stat()
