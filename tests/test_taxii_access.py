@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -14,6 +16,8 @@ from taxii_helpers import CHEAP, PASSWORDS, RunningServer, as_stored, indicator,
 
 from feeds.partners import COLLECTION_NAMESPACE
 from feeds.store import write_transaction
+from taxii_server import accounts as accounts_module
+from taxii_server.accounts import Accounts, PartnersFile
 from taxii_server.audit import last_polls, object_counts, poll_summary
 from taxii_server.objects import add_objects
 
@@ -204,3 +208,31 @@ def test_a_new_password_hash_applies_at_once(taxii: RunningServer) -> None:
     partners.write_text(text.replace(old_hash, new_hash))
     assert _get(url, "twcert").status_code == 401  # the remembered check named the old hash
     assert _get(url, "twcert", "a-new-password-99").status_code == 200
+
+
+def test_a_remembered_check_lasts_its_minutes_then_argon2_checks_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    partners = tmp_path / "partners.yaml"
+    partners.write_text(partners_yaml())
+    accounts = Accounts(PartnersFile(partners), sleep=lambda _: None)
+    now = [1000.0]
+    monkeypatch.setattr(accounts_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    real = accounts._hasher
+    checks: list[str] = []
+
+    class CountingHasher:
+        def verify(self, password_hash: str, password: str) -> bool:
+            checks.append(password)
+            return bool(real.verify(password_hash, password))
+
+    monkeypatch.setattr(accounts, "_hasher", CountingHasher())
+    token = base64.b64encode(f"twcert:{PASSWORDS['twcert']}".encode()).decode()
+    for _ in range(3):
+        assert accounts.authenticate(f"Basic {token}") is not None
+    now[0] += accounts_module.CACHE_SECONDS - 1
+    assert accounts.authenticate(f"Basic {token}") is not None
+    assert len(checks) == 1
+    now[0] += 2  # past the minutes since the check: argon2 again
+    assert accounts.authenticate(f"Basic {token}") is not None
+    assert len(checks) == 2
