@@ -7,6 +7,16 @@ then for each worker count ingests it into a fresh store and data folder and pri
 messages/s, CPU seconds and peak RSS. Beside it, the ceiling: the stdlib compat32 parser alone
 over the same raw messages (read from disk outside the timer), and the ratio of the two.
 Targets (issue 4): >= 2,500 messages/s with one worker, >= 1.7x that with two, RSS < 500 MB.
+
+On a shared machine, split it so that each measured step holds the bench lock briefly:
+
+    nice -n 10 .venv/bin/python bench/ingest_bench.py --generate-only
+    flock $LOCK .venv/bin/python bench/ingest_bench.py --reuse --workers ""
+    flock $LOCK .venv/bin/python bench/ingest_bench.py --reuse --no-ceiling --workers 1
+    flock $LOCK .venv/bin/python bench/ingest_bench.py --reuse --no-ceiling --workers 2
+
+(``LOCK=/tmp/team/bench.lock``). ``--reuse`` takes the data (and the last ceiling) that a run
+before left in ``--dir``.
 """
 
 from __future__ import annotations
@@ -83,6 +93,9 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/spampots-ingest-bench"))
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--generate-only", action="store_true", help="make the data, stop")
+    parser.add_argument("--reuse", action="store_true", help="the data a run before left in --dir")
+    parser.add_argument("--no-ceiling", action="store_true", help="the last ceiling measured")
     parser.add_argument("--ingest-only", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ingest_only:
@@ -90,25 +103,43 @@ def main() -> None:
         return
 
     work = args.dir
-    shutil.rmtree(work, ignore_errors=True)
-    start = time.perf_counter()
-    data = generate(
-        work / "home" / "spool", work / "mmdb", args.messages, seed=args.seed, batch_lines=5000
-    )
-    print(
-        f"generated {data.expected.emails:,} messages, {data.expected.sessions:,} sessions "
-        f"in {len(data.batches)} batches ({time.perf_counter() - start:.0f} s)"
-    )
+    saved = work / "bench.json"
+    if args.reuse and saved.is_file():
+        state = json.loads(saved.read_text())
+        reset(work)
+        print(f"reusing {state['emails']:,} generated messages in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        start = time.perf_counter()
+        data = generate(
+            work / "home" / "spool", work / "mmdb", args.messages, seed=args.seed, batch_lines=5000
+        )
+        print(
+            f"generated {data.expected.emails:,} messages, {data.expected.sessions:,} sessions "
+            f"in {len(data.batches)} batches ({time.perf_counter() - start:.0f} s)"
+        )
+        state = {"emails": data.expected.emails, "distinct_raw": len(data.expected.raw_messages)}
+        saved.write_text(json.dumps(state))
+    if args.generate_only:
+        return
+    spool = work / "home" / "spool"
+    batches = sorted((spool / "incoming").rglob("*.jsonl*"))
+    emails = int(state["emails"])
+    print(f"load average {_load()}")
 
-    count, parse_seconds, parse_cpu = ceiling(data.spool, data.batches)
-    parse_rate = count / parse_seconds
-    print(
-        f"ceiling: compat32 parse alone {parse_rate:,.0f} messages/s, "
-        f"{count / parse_cpu:,.0f} per CPU-second ({count:,} messages)"
-    )
+    if not args.no_ceiling or "ceiling" not in state:
+        count, parse_seconds, parse_cpu = ceiling(spool, batches)
+        state["ceiling"] = {"rate": count / parse_seconds, "per_cpu": count / parse_cpu}
+        saved.write_text(json.dumps(state))
+        print(
+            f"ceiling: compat32 parse alone {count / parse_seconds:,.0f} messages/s, "
+            f"{count / parse_cpu:,.0f} per CPU-second ({count:,} messages, "
+            f"{parse_cpu:.1f} CPU-s; load average after: {_load()})"
+        )
+    parse_rate = state["ceiling"]["rate"]
 
     rates: dict[int, float] = {}
-    for workers in [int(w) for w in args.workers.split(",")]:
+    for workers in [int(w) for w in args.workers.split(",") if w]:
         reset(work)
         # Each run in its own process, so that its peak RSS is its own.
         result = subprocess.run(
@@ -118,19 +149,26 @@ def main() -> None:
             check=True,
         )
         figures = json.loads(result.stdout.strip().splitlines()[-1])
-        rate = data.expected.emails / figures["seconds"]
+        rate = emails / figures["seconds"]
         rates[workers] = rate
         print(
             f"workers={workers}: {rate:,.0f} messages/s end to end "
             f"({figures['seconds']:.1f} s wall, {figures['cpu']:.1f} s CPU, "
-            f"{data.expected.emails / figures['cpu']:,.0f} messages per CPU-second, "
+            f"{emails / figures['cpu']:,.0f} messages per CPU-second, "
             f"{figures['accepted']:,} records accepted); peak RSS main "
             f"{figures['rss_main']:.0f} MB, largest worker {figures['rss_worker']:.0f} MB; "
-            f"ratio to the parse ceiling {rate / parse_rate:.2f}"
+            f"ratio to the parse ceiling {rate / parse_rate:.2f} "
+            f"(per CPU-second {emails / figures['cpu'] / state['ceiling']['per_cpu']:.2f}); "
+            f"load average after: {_load()}"
         )
+        state[f"workers_{workers}"] = {"rate": rate, **figures}
+        saved.write_text(json.dumps(state))
+    one = rates.get(1) or state.get("workers_1", {}).get("rate")
     for workers, rate in rates.items():
-        if workers != 1 and 1 in rates:
-            print(f"speed-up with {workers} workers: {rate / rates[1]:.2f}x")
+        if workers != 1 and one:
+            print(
+                f"speed-up with {workers} workers: {rate / one:.2f}x (over the last 1-worker run)"
+            )
 
 
 def ingest_only(work: Path, workers: int) -> None:
@@ -156,6 +194,10 @@ def ingest_only(work: Path, workers: int) -> None:
         "rss_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
     print(json.dumps(figures))
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def _cpu() -> float:

@@ -92,29 +92,32 @@ def parse_message(raw: bytes, limits: MessageLimits = DEFAULT_LIMITS) -> ParsedM
     languages: list[str] = []
     urls: dict[str, None] = {}
     defects = len(message.defects)
+    top = _first_headers(message)
     for part in _walk(message, limits, reached):
+        headers = top if part is message else _first_headers(part)
         defects += len(part.defects) if part is not message else 0
-        content_type = _safe_content_type(part)
+        content_type = _safe_content_type(part, headers.get("content-type"))
         _add_unique(content_types, content_type)
-        language = part.get("Content-Language")
+        language = headers.get("content-language")
         if language:
             for tag in clean_text(str(language)).split(","):
                 if tag.strip():
                     _add_unique(languages, tag.strip().lower()[:35])
         if part.is_multipart():
             continue
-        charset = _safe_charset(part)
+        charset = _safe_charset(part, headers.get("content-type"))
         if charset:
             _add_unique(charsets, charset)
         if content_type.startswith("text/") and len(urls) < MAX_URLS:
-            text = _decoded_text(part, charset, limits.max_part_decoded_bytes, reached)
+            encoding = headers.get("content-transfer-encoding", "")
+            text = _decoded_text(part, encoding, charset, limits.max_part_decoded_bytes, reached)
             for url in extract_urls(text, is_html=content_type == "text/html"):
                 urls.setdefault(url, None)
     return ParsedMessage(
-        header_from=_header(message, "From"),
-        subject=_header(message, "Subject"),
-        header_date=_header(message, "Date"),
-        message_id=_header(message, "Message-ID"),
+        header_from=_header(top.get("from")),
+        subject=_header(top.get("subject")),
+        header_date=_header(top.get("date")),
+        message_id=_header(top.get("message-id")),
         content_types=tuple(content_types),
         charsets=tuple(charsets),
         languages=tuple(languages),
@@ -222,14 +225,56 @@ def _add_unique(items: list[str], item: str) -> None:
         items.append(item)
 
 
-def _safe_content_type(part: Message) -> str:
+_READ = frozenset(
+    {"content-type", "content-language", "content-transfer-encoding"}
+    | {"from", "subject", "date", "message-id"}
+)
+
+
+def _first_headers(part: Message) -> dict[str, Any]:
+    """``part.get(name)`` for each header name parse_message reads, in one pass."""
+    found: dict[str, Any] = {}
+    for name, value in part.raw_items():
+        key = name.lower()
+        if key in _READ and key not in found:
+            found[key] = value
+    for key, value in found.items():
+        if not (isinstance(value, str) and value.isascii()):
+            found[key] = part.get(key)  # the policy's own answer for 8-bit values
+    return found
+
+
+def _safe_content_type(part: Message, header: Any) -> str:
+    """``part.get_content_type()``, ``header`` being its Content-Type."""
+    if isinstance(header, str):  # as Message.get_content_type reads it
+        content_type = header.partition(";")[0].strip().lower()
+        return clean_text(content_type if content_type.count("/") == 1 else "text/plain")[:100]
     try:
         return clean_text(part.get_content_type())[:100]
     except Exception:  # a header the parser kept as an object it cannot render
         return "text/plain"
 
 
-def _safe_charset(part: Message) -> str | None:
+def _safe_charset(part: Message, header: Any) -> str | None:
+    """``part.get_content_charset()``, ``header`` being its Content-Type."""
+    if header is None:
+        return None
+    if isinstance(header, str):
+        return _charset_of(header)
+    return _charset_from(part)
+
+
+@functools.lru_cache(maxsize=4096)
+def _charset_of(content_type: str) -> str | None:
+    """The charset of a Content-Type value (they recur: ``text/html; charset="utf-8"``)."""
+    if "charset" not in content_type.lower():
+        return None
+    alone = Message()
+    alone["Content-Type"] = content_type
+    return _charset_from(alone)
+
+
+def _charset_from(part: Message) -> str | None:
     try:
         charset = part.get_content_charset()
     except Exception:
@@ -247,11 +292,13 @@ def _codec_for(charset: str | None) -> str:
     return "latin-1"  # every byte decodes: URLs are ASCII anyway
 
 
-def _decoded_text(part: Message, charset: str | None, limit: int, reached: dict[str, None]) -> str:
+def _decoded_text(
+    part: Message, encoding_header: Any, charset: str | None, limit: int, reached: dict[str, None]
+) -> str:
     encoded = part.get_payload()
     if isinstance(encoded, str):
         # Cut before decoding: base64 takes 4/3 of its output plus line breaks, QP up to 3x.
-        encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        encoding = str(encoding_header).strip().lower()
         cut = limit * {"base64": 2, "quoted-printable": 3}.get(encoding, 1)
         if len(encoded) > cut:
             kept = encoded[:cut]
@@ -275,8 +322,7 @@ def _decoded_text(part: Message, charset: str | None, limit: int, reached: dict[
         return payload.decode("latin-1")
 
 
-def _header(message: Message, name: str) -> str | None:
-    value = message.get(name)
+def _header(value: Any) -> str | None:
     if value is None:
         return None
     text = _decode_header(str(value) if not isinstance(value, str) else value)
