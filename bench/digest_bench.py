@@ -4,6 +4,15 @@
     .venv/bin/python bench/digest_bench.py --messages 8400000 \\
         --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test      # PostgreSQL
 
+Writing 8.4M messages takes the better part of an hour; fill once, then time the digests alone
+(under the shared benchmark lock) as often as needed::
+
+    nice -n 10 .venv/bin/python bench/digest_bench.py --work /tmp/db8 --fill-only
+    flock /tmp/team/bench.lock .venv/bin/python bench/digest_bench.py --work /tmp/db8 \\
+        --digests-only --repeat 3 --keep
+    (PostgreSQL: the same with --database-url ... --schema bench_NAME; the last run without
+    --keep drops the schema)
+
 1. writes ``--messages`` captures of one ISO week straight into the ingest tables (messages,
    recipient domains, URLs, sessions) with the seed's shapes (bench/seedweek.py),
    deterministic by ``--seed``;
@@ -12,8 +21,10 @@
 3. times, per partner, building the digest (figures, chart, CSVs, the MIME message) and prints
    the seconds of each against the target of 5 s.
 
-On PostgreSQL the tables live in a fresh schema that is dropped afterwards (``--keep`` keeps it,
-and the SQLite work folder).
+On PostgreSQL the tables live in their own schema (``--schema``, default a fresh one) that is
+dropped afterwards (``--keep`` or ``--fill-only`` keeps it, and the SQLite work folder).
+Per digest it prints the wall seconds and this process's CPU seconds (PostgreSQL's own CPU is
+not in the latter).
 """
 
 from __future__ import annotations
@@ -86,7 +97,20 @@ def main() -> None:
     parser.add_argument("--urls", type=int, help="URL pool (default: messages/150, <= 50k)")
     parser.add_argument("--work", help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the data afterwards")
+    parser.add_argument("--schema", help="PostgreSQL schema (default: a fresh digest_bench_*)")
+    parser.add_argument(
+        "--fill-only", action="store_true", help="write the week and its rollups, keep them, stop"
+    )
+    parser.add_argument(
+        "--digests-only",
+        action="store_true",
+        help="time the digests over a week filled before (--work, and --schema on PostgreSQL)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="passes over the six digests")
     args = parser.parse_args()
+    if args.digests_only and not (args.work and (args.schema or not args.database_url)):
+        parser.error("--digests-only needs the --work (and on PostgreSQL --schema) of a fill")
+    keep = args.keep or args.fill_only
 
     work = Path(args.work or tempfile.mkdtemp(prefix="digest-bench-"))
     home = work / "var"
@@ -94,10 +118,11 @@ def main() -> None:
     schema = None
     admin = None
     if url.startswith("postgresql"):
-        schema = f"digest_bench_{uuid.uuid4().hex[:8]}"
+        schema = args.schema or f"digest_bench_{uuid.uuid4().hex[:8]}"
         admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        if not args.digests_only:
+            with admin.connect() as connection:
+                connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
         url = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
     settings = load_settings(
         {
@@ -107,23 +132,45 @@ def main() -> None:
         }
     )
     try:
-        init_home(settings)
-        engine = engine_for(url)
         config = load_partners(settings.partners)
-        world = World(random.Random(args.seed), args.messages, args.ips, args.urls)
-        writing, summing = generate(engine, world, args.messages, config, args.rollup_every)
-        print(
-            f"{engine.dialect.name}: wrote {args.messages:,} messages of {WEEK.label} "
-            f"in {writing:.0f} s"
-        )
-        print(
-            f"rollups: summed them (and their sessions) for {len(config.partners)} partners "
-            f"in {summing:.1f} s, {args.messages / summing:,.0f} messages/s, in steps of "
-            f"{args.rollup_every:,} messages (ingest's share of the digest's cost)"
-        )
-        slowest = 0.0
+        if not args.digests_only:
+            init_home(settings)
+            engine = engine_for(url)
+            world = World(random.Random(args.seed), args.messages, args.ips, args.urls)
+            writing, summing = generate(engine, world, args.messages, config, args.rollup_every)
+            print(
+                f"{engine.dialect.name}: wrote {args.messages:,} messages of {WEEK.label} "
+                f"in {writing:.0f} s"
+            )
+            print(
+                f"rollups: summed them (and their sessions) for {len(config.partners)} partners "
+                f"in {summing:.1f} s, {args.messages / summing:,.0f} messages/s, in steps of "
+                f"{args.rollup_every:,} messages (ingest's share of the digest's cost)"
+            )
+        if not args.fill_only:
+            # Not init_home: a kept store is timed on the schema it was filled with.
+            time_digests(engine_for(url), config, args.repeat)
+    finally:
+        engine_for(url).dispose()
+        if admin is not None and schema is not None:
+            if not keep:
+                with admin.connect() as connection:
+                    connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+            else:
+                print(f"kept PostgreSQL schema {schema}")
+            admin.dispose()
+        if not keep and not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def time_digests(engine: sa.Engine, config: Any, repeat: int) -> None:
+    """Build, per pass, each partner's digest and MIME message; print wall and CPU seconds."""
+    print(f"{engine.dialect.name}: load average {Path('/proc/loadavg').read_text().strip()}")
+    best: dict[str, float] = {}
+    for number in range(1, repeat + 1):
+        print(f"pass {number}:")
         for partner_id in config.partners:
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             digest = build_digest(engine, config, partner_id, WEEK)
             message = compose(
                 digest,
@@ -134,27 +181,25 @@ def main() -> None:
             )
             size = len(message.as_bytes())
             seconds = time.perf_counter() - began
-            slowest = max(slowest, seconds)
+            cpu = time.process_time() - cpu
+            best[partner_id] = min(seconds, best.get(partner_id, seconds))
             figures = digest.directions
             print(
-                f"  {partner_id:<8} {seconds:6.2f} s  from: "
+                f"  {partner_id:<8} {seconds:6.2f} s wall {cpu:6.2f} s CPU  from: "
                 f"{figures['originating'].totals.messages:>9,} msgs "
                 f"{figures['originating'].totals.unique_ips:>6,} IPs  to: "
                 f"{figures['returning'].totals.messages:>9,} msgs "
                 f"{figures['returning'].totals.unique_ips:>6,} IPs  "
-                f"mail {size / 1e6:.1f} MB"
+                f"mail {size / 1e6:.1f} MB",
+                flush=True,
             )
-        verdict = "meets" if slowest < 5 else "MISSES"
-        print(f"slowest digest {slowest:.2f} s: {verdict} the target of < 5 s per digest")
-    finally:
-        engine_for(url).dispose()
-        if admin is not None and schema is not None:
-            if not args.keep:
-                with admin.connect() as connection:
-                    connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
-        if not args.keep and not args.work:
-            shutil.rmtree(work, ignore_errors=True)
+    print(f"load average after: {Path('/proc/loadavg').read_text().strip()}")
+    slowest = max(best.values())
+    verdict = "meets" if slowest < 5 else "MISSES"
+    print(
+        f"slowest digest {slowest:.2f} s (best of {repeat}): {verdict} the target of < 5 s "
+        "per digest"
+    )
 
 
 if __name__ == "__main__":
