@@ -352,18 +352,28 @@ def add_digest_commands(commands: Any) -> None:
     digest.add_argument(
         "--resend", action="store_true", help="mail it again even if it was sent (implies --send)"
     )
+    digest.add_argument(
+        "--csv-dir",
+        metavar="DIR",
+        help="also write its complete CSVs (every row, even those a large digest leaves out) "
+        "into DIR",
+    )
     digest.set_defaults(handler=cmd_digest)
 
 
 def cmd_digest(args: argparse.Namespace, settings: Settings) -> int:
-    from feeds.deliveries import DigestNotSent, send_digest, write_to_outbox
-    from feeds.digest import last_complete_week, parse_week
+    from feeds.deliveries import DigestNotSent, send_digest, write_csvs, write_to_outbox
+    from feeds.digest import build_digest, last_complete_week, parse_week
     from feeds.home import open_store
     from feeds.partners import load_partners
 
     week = parse_week(args.week) if args.week else last_complete_week()
     config = load_partners(settings.partners)
     engine = open_store(settings)
+    if args.csv_dir:
+        digest = build_digest(engine, config, args.partner, week)
+        for path in write_csvs(digest, Path(args.csv_dir)):
+            print(path)
     if not (args.send or args.resend):
         print(write_to_outbox(engine, settings, config, args.partner, week))
         return 0

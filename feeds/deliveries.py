@@ -27,9 +27,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from feeds.digest import Week, build_digest, last_complete_week, parse_week, report_id
+from feeds.digest import Digest, Week, build_digest, last_complete_week, parse_week, report_id
 from feeds.errors import SpampotsError, UsageError
-from feeds.mail import compose, new_message_id
+from feeds.mail import compose, csv_attachments, new_message_id
 from feeds.partners import Partner, PartnersConfig
 from feeds.settings import Settings
 from feeds.smtp import (
@@ -230,13 +230,17 @@ def _deliver(
     sender = parseaddr(settings.mail_from)[1]
     payloads: dict[str, bytes] = {}
     for message_id in set(todo.values()):
-        payloads[message_id] = compose(
+        composed = compose(
             digest,
             mail_from=settings.mail_from,
             reply_to=reply_to,
             to=list(partner.digest.to),
             message_id=message_id,
-        ).as_bytes()
+            max_bytes=settings.digest_max_bytes,
+        )
+        if composed.rows_left_out:
+            keep_complete_csvs(settings, digest)
+        payloads[message_id] = composed.message.as_bytes()
     remaining = dict(todo)
     last_error: dict[str, str] = {}
     for attempt in range(1, settings.smtp_retries + 1):
@@ -358,17 +362,42 @@ def write_to_outbox(
     """Build the digest and write it as ``<report id>.eml`` in the outbox; nothing is sent."""
     digest = build_digest(engine, config, partner_id, week)
     partner = digest.partner
-    message = compose(
+    composed = compose(
         digest,
         mail_from=settings.mail_from,
         reply_to=settings.reply_to or config.producer.contact,
         to=list(partner.digest.to) if partner.digest else [],
         message_id=new_message_id(digest.report_id, _mail_domain(settings.mail_from)),
+        max_bytes=settings.digest_max_bytes,
     )
-    outbox = Path(settings.outbox_dir)
-    outbox.mkdir(parents=True, exist_ok=True)
-    path = outbox / f"{digest.report_id}.eml"
-    temporary = path.with_suffix(".eml.tmp")
-    temporary.write_bytes(message.as_bytes())
-    temporary.replace(path)
+    if composed.rows_left_out:
+        keep_complete_csvs(settings, digest)
+    path = Path(settings.outbox_dir) / f"{digest.report_id}.eml"
+    _write_atomically(path, composed.message.as_bytes())
     return path
+
+
+def keep_complete_csvs(settings: Settings, digest: Digest) -> Path:
+    """The complete CSVs of a digest whose message left rows out, in ``outbox/<report id>/``:
+    what staff send a partner that asks for them (the message says so)."""
+    folder = Path(settings.outbox_dir) / digest.report_id
+    write_csvs(digest, folder)
+    log.info("digest %s left CSV rows out; the complete CSVs are in %s", digest.report_id, folder)
+    return folder
+
+
+def write_csvs(digest: Digest, folder: Path) -> list[Path]:
+    """Every CSV of the digest, complete, into ``folder`` (spampots digest --csv-dir)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, content in csv_attachments(digest).items():
+        paths.append(folder / name)
+        _write_atomically(folder / name, content)
+    return paths
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(content)
+    temporary.replace(path)

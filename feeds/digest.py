@@ -13,7 +13,7 @@ import datetime as dt
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -98,9 +98,9 @@ class Totals:
     unique_urls: int = 0
 
 
-@dataclass(frozen=True)
-class SourceRow:
-    """One source IP over the week: a row of the per-IP CSV."""
+class SourceRow(NamedTuple):
+    """One source IP over the week: a row of the per-IP CSV, as the store formats it (times
+    ISO 8601 UTC to the second, ports ascending and space-separated)."""
 
     ip: str
     asn: int | None
@@ -108,13 +108,12 @@ class SourceRow:
     cc: str | None
     messages: int
     recipients: int
-    first_seen: dt.datetime
-    last_seen: dt.datetime
-    ports: tuple[int, ...]
+    first_seen: str
+    last_seen: str
+    ports: str
 
 
-@dataclass(frozen=True)
-class UrlRow:
+class UrlRow(NamedTuple):
     url: str
     host: str
     domain: str
@@ -281,10 +280,13 @@ def _direction(
         ).all()
     )
     by_asn: dict[int | None, list[Any]] = {}
-    for source in sources:
-        entry = by_asn.setdefault(source.asn, [source.as_name, 0])
-        entry[0] = entry[0] or source.as_name
-        entry[1] += source.messages
+    for source in sources:  # the most messages first: an ASN's name is its busiest IP's
+        entry = by_asn.get(source[1])
+        if entry is None:
+            by_asn[source[1]] = [source[2], source[4]]
+        else:
+            entry[0] = entry[0] or source[2]
+            entry[1] += source[4]
     top_asns = [
         Ranked(f"AS{asn}" if asn is not None else "unknown AS", name or "", count)
         for asn, (name, count) in sorted(
@@ -324,10 +326,10 @@ def _direction(
 
 def _totals(sources: list[SourceRow], url_rows: list[UrlRow]) -> Totals:
     return Totals(
-        messages=sum(s.messages for s in sources),
-        recipients=sum(s.recipients for s in sources),
+        messages=sum(s[4] for s in sources),
+        recipients=sum(s[5] for s in sources),
         unique_ips=len(sources),
-        unique_asns=len({s.asn for s in sources if s.asn is not None}),
+        unique_asns=len({s[1] for s in sources} - {None}),
         unique_urls=len(url_rows),
     )
 
@@ -355,16 +357,15 @@ def _previous_totals(connection: Connection, partner_id: str, direction: str, we
 def _sources(
     connection: Connection, partner_id: str, direction: str, week: Week
 ) -> list[SourceRow]:
+    """One row per IP and week (the rollups summed it already), with its ports, most first."""
     i = ip_weeks.c
     s = session_weeks.c
-    ports: dict[str, set[int]] = defaultdict(set)
-    for ip, port in connection.execute(
-        sa.select(s.src_ip, s.listen_port)
+    ports = (
+        sa.select(s.src_ip, _distinct_list(connection, s.listen_port).label("ports"))
         .where(_in_week(session_weeks, partner_id, direction, week))
-        .distinct()
-    ).all():
-        ports[ip].add(int(port))
-    # One row per IP and week: the rollups summed it already.
+        .group_by(s.src_ip)
+        .subquery()
+    )
     rows = connection.execute(
         sa.select(
             i.src_ip,
@@ -373,26 +374,33 @@ def _sources(
             i.src_cc,
             i.messages,
             i.recipients,
-            i.first_seen,
-            i.last_seen,
+            rollups.iso_text(connection, i.first_seen),
+            rollups.iso_text(connection, i.last_seen),
+            ports.c.ports,
         )
+        .join_from(ip_weeks, ports, ports.c.src_ip == i.src_ip, isouter=True)
         .where(_in_week(ip_weeks, partner_id, direction, week))
         .order_by(i.messages.desc(), i.src_ip)
-    ).all()
+    )
     return [
-        SourceRow(
-            ip=r[0],
-            asn=int(r[1]) if r[1] is not None else None,
-            as_name=r[2],
-            cc=r[3],
-            messages=int(r[4]),
-            recipients=int(r[5]),
-            first_seen=as_utc(r[6]),
-            last_seen=as_utc(r[7]),
-            ports=tuple(sorted(ports.get(r[0], ()))),
-        )
-        for r in rows
+        SourceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], _ascending(r[8])) for r in rows
     ]
+
+
+def _distinct_list(connection: Connection, column: sa.ColumnElement[int]) -> sa.ColumnElement[str]:
+    """The distinct values of an integer column, comma-separated, in no particular order."""
+    if connection.dialect.name == "sqlite":
+        return sa.func.group_concat(sa.distinct(column))
+    return sa.func.string_agg(sa.distinct(sa.cast(column, sa.Text)), ",")
+
+
+def _ascending(numbers: str | None) -> str:
+    """'8080,1080' -> '1080 8080'."""
+    if not numbers:
+        return ""
+    if "," not in numbers:
+        return numbers
+    return " ".join(sorted(numbers.split(","), key=int))
 
 
 def _urls(connection: Connection, partner_id: str, direction: str, week: Week) -> list[UrlRow]:
@@ -402,8 +410,8 @@ def _urls(connection: Connection, partner_id: str, direction: str, week: Week) -
         .join_from(url_weeks, urls, urls.c.id == u.url_id)
         .where(_in_week(url_weeks, partner_id, direction, week))
         .order_by(u.messages.desc(), urls.c.url)
-    ).all()
-    return [UrlRow(r[0], r[1], r[2], int(r[3])) for r in rows]
+    )
+    return [UrlRow(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 MODULES = {"socks4": "socks", "socks5": "socks", "smtp-relay": "smtp"}

@@ -9,20 +9,28 @@ Structure, so that every mail client shows it::
           text/html              (the chart as <img src="cid:...">)
           image/png              (Content-Disposition: inline)
       text/csv  x4               (Content-Disposition: attachment; filename=...)
+      (or one application/zip of the four, when they would make the message too large:
+      see :mod:`feeds.attachments`)
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import email.policy
 import email.utils
 import html
-import io
 import secrets
 import textwrap
+from dataclasses import dataclass
 from email.message import EmailMessage
 
+from feeds.attachments import (
+    SOURCE_CSV_HEADER,
+    URL_CSV_HEADER,
+    CsvTable,
+    FittedAttachments,
+    fit_attachments,
+)
 from feeds.chart import messages_per_day_png
 from feeds.digest import Digest, DirectionFigures, Ranked, Totals
 
@@ -42,19 +50,6 @@ FIGURES = (
     ("unique_asns", "Source ASNs"),
     ("unique_urls", "URLs"),
 )
-SOURCE_CSV_HEADER = (
-    "timestamp",
-    "ip",
-    "asn",
-    "as_name",
-    "cc",
-    "messages",
-    "recipients",
-    "first_seen",
-    "last_seen",
-    "ports",
-)
-URL_CSV_HEADER = ("timestamp", "url", "host", "domain", "messages")
 SLUGS = {"originating": "from-your-networks", "returning": "to-your-networks"}
 MEANING = {
     "originating": "Spam the SpamPots sensors caught from addresses in your networks (your "
@@ -83,38 +78,56 @@ def change(now: int, before: int) -> str:
     return f"{(now - before) / before:+.1%}"
 
 
-def csv_attachments(digest: Digest) -> dict[str, bytes]:
-    """File name -> CSV bytes: per direction, one row per source IP and one per URL."""
+def csv_tables(digest: Digest) -> list[CsvTable]:
+    """Per direction, one CSV row per source IP and one per URL, most messages first."""
     stamp = iso(digest.week.start)
-    files: dict[str, bytes] = {}
+    tables: list[CsvTable] = []
     base = f"{digest.partner.id}-{digest.week.label}"
     for direction, figures in digest.directions.items():
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(SOURCE_CSV_HEADER)
-        for s in figures.sources:
-            writer.writerow(
-                [
-                    stamp,
-                    s.ip,
-                    s.asn if s.asn is not None else "",
-                    s.as_name or "",
-                    s.cc or "",
-                    s.messages,
-                    s.recipients,
-                    iso(s.first_seen),
-                    iso(s.last_seen),
-                    " ".join(str(p) for p in s.ports),
-                ]
-            )
-        files[f"{base}-{SLUGS[direction]}-ips.csv"] = out.getvalue().encode("utf-8")
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(URL_CSV_HEADER)
-        for u in figures.urls:
-            writer.writerow([stamp, u.url, u.host, u.domain, u.messages])
-        files[f"{base}-{SLUGS[direction]}-urls.csv"] = out.getvalue().encode("utf-8")
-    return files
+        slug = SLUGS[direction]
+        tables.append(CsvTable(f"{base}-{slug}-ips.csv", SOURCE_CSV_HEADER, stamp, figures.sources))
+        tables.append(CsvTable(f"{base}-{slug}-urls.csv", URL_CSV_HEADER, stamp, figures.urls))
+    return tables
+
+
+def csv_attachments(digest: Digest) -> dict[str, bytes]:
+    """File name -> the complete CSV (every row), as staff keep it or ask for it."""
+    return {table.name: table.render() for table in csv_tables(digest)}
+
+
+def zip_name(digest: Digest) -> str:
+    return f"{digest.partner.id}-{digest.week.label}-csv.zip"
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:g} MB"
+
+
+def attachment_note(digest: Digest, fitted: FittedAttachments | None) -> list[str]:
+    """What is attached, in paragraphs: zipped or not, and the rows left out to fit."""
+    about = (
+        "per direction, one CSV row per source IP and one per URL, most messages first; "
+        "times in UTC, 'timestamp' is the start of the week."
+    )
+    if fitted is None or fitted.zip_name is None:
+        return [f"Attached: {about}"]
+    paragraphs = [
+        f"Attached, zipped as {fitted.zip_name} to keep this message under "
+        f"{megabytes(fitted.max_bytes)}: {about}"
+    ]
+    if fitted.left_out:
+        counts = "; ".join(
+            f"{cut.name}: {cut.rows_left_out:,} of {cut.total:,} rows left out"
+            for cut in fitted.left_out
+        )
+        paragraphs.append(
+            f"Rows left out: even zipped, the complete CSVs would make this message larger than "
+            f"{megabytes(fitted.max_bytes)}, so they keep only the rows with the most messages "
+            f"({counts}). The complete CSVs are kept by {digest.producer_name}: reply to this "
+            f"message or write to {digest.producer_contact} quoting {digest.report_id} to get "
+            "them."
+        )
+    return paragraphs
 
 
 def chart_png(digest: Digest) -> bytes:
@@ -179,7 +192,7 @@ def _request_rows(figures: DirectionFigures) -> list[tuple[str, dict[str, int]]]
     return sorted(figures.requests.items())
 
 
-def render_text(digest: Digest) -> str:
+def render_text(digest: Digest, fitted: FittedAttachments | None = None) -> str:
     p = digest.partner
     lines = [
         f"SpamPots weekly digest for {p.name} ({p.economy})",
@@ -240,10 +253,10 @@ def render_text(digest: Digest) -> str:
         lines.append("  none")
     lines.append("Your TAXII collections:")
     lines += [f"  {line}" for line in _poll_lines(digest)] or ["  none"]
+    lines.append("")
+    for paragraph in attachment_note(digest, fitted):
+        lines += [*textwrap.wrap(paragraph, 96), ""]
     lines += [
-        "",
-        "Attached: per direction, one CSV row per source IP and one per URL; times in UTC,",
-        "'timestamp' is the start of the week.",
         f"Questions: reply to this message or write to {digest.producer_contact} "
         f"quoting {digest.report_id}.",
         f"-- {digest.producer_name}",
@@ -259,7 +272,7 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return f'<table border="1" cellpadding="4" cellspacing="0"><tr>{cells}</tr>{body}</table>'
 
 
-def render_html(digest: Digest, chart_cid: str) -> str:
+def render_html(digest: Digest, chart_cid: str, fitted: FittedAttachments | None = None) -> str:
     p = digest.partner
     e = html.escape
     parts = [
@@ -352,13 +365,28 @@ def render_html(digest: Digest, chart_cid: str) -> str:
             ],
         )
     )
+    parts += [f"<p>{e(paragraph)}</p>" for paragraph in attachment_note(digest, fitted)]
     parts.append(
-        "<p>Attached: per direction, one CSV row per source IP and one per URL; times in UTC, "
-        "'timestamp' is the start of the week. Questions: reply to this message or write to "
-        f"{e(digest.producer_contact)} "
+        f"<p>Questions: reply to this message or write to {e(digest.producer_contact)} "
         f"quoting {e(digest.report_id)}.</p><p>-- {e(digest.producer_name)}</p></body></html>"
     )
     return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Composed:
+    message: EmailMessage
+    attachments: FittedAttachments
+
+    @property
+    def rows_left_out(self) -> bool:
+        """Some CSV rows are not in the message: keep the complete CSVs (see csv_attachments)."""
+        return bool(self.attachments.left_out)
+
+
+# Room kept for the note on zipped or cut CSVs, added to both parts after the sizes are known.
+NOTE_ROOM = 4_000
+DEFAULT_MAX_BYTES = 10_000_000
 
 
 def compose(
@@ -369,31 +397,61 @@ def compose(
     to: list[str],
     message_id: str,
     date: dt.datetime | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Composed:
+    """The digest as one message of at most ``max_bytes`` as sent (see feeds.attachments)."""
+    headers = {
+        "Subject": subject(digest),
+        "From": mail_from,
+        "Reply-To": reply_to,
+        "To": ", ".join(to) if to else "undisclosed-recipients:;",
+        "Date": email.utils.format_datetime(date or dt.datetime.now(dt.UTC)),
+        "Message-ID": message_id,
+        "X-SpamPots-Report-ID": digest.report_id,
+        "X-SpamPots-TLP": digest.partner.tlp.upper(),
+    }
+    chart = chart_png(digest)
+    bare = len(_without_attachments(digest, headers, chart, None).as_bytes())
+    start = digest.week.start
+    fitted = fit_attachments(
+        csv_tables(digest),
+        zip_name(digest),
+        (start.year, start.month, start.day, 0, 0, 0),
+        max_bytes - bare - NOTE_ROOM,
+        max_bytes,
+    )
+    message = _without_attachments(digest, headers, chart, fitted)
+    for attachment in fitted.attachments:
+        message.add_attachment(
+            attachment.content,
+            maintype=attachment.maintype,
+            subtype=attachment.subtype,
+            filename=attachment.filename,
+        )
+    return Composed(message, fitted)
+
+
+def _without_attachments(
+    digest: Digest, headers: dict[str, str], chart: bytes, fitted: FittedAttachments | None
 ) -> EmailMessage:
     message = EmailMessage(policy=email.policy.SMTP)
-    message["Subject"] = subject(digest)
-    message["From"] = mail_from
-    message["Reply-To"] = reply_to
-    message["To"] = ", ".join(to) if to else "undisclosed-recipients:;"
-    message["Date"] = email.utils.format_datetime(date or dt.datetime.now(dt.UTC))
-    message["Message-ID"] = message_id
-    message["X-SpamPots-Report-ID"] = digest.report_id
-    message["X-SpamPots-TLP"] = digest.partner.tlp.upper()
+    for name, value in headers.items():
+        message[name] = value
     chart_cid = f"chart.{digest.report_id}@spampots"
-    message.set_content(render_text(digest), cte="quoted-printable")
-    message.add_alternative(render_html(digest, chart_cid), subtype="html", cte="quoted-printable")
+    message.set_content(render_text(digest, fitted), cte="quoted-printable")
+    message.add_alternative(
+        render_html(digest, chart_cid, fitted), subtype="html", cte="quoted-printable"
+    )
     html_part = next(part for part in message.iter_parts() if part.get_content_subtype() == "html")
     assert isinstance(html_part, EmailMessage)
     html_part.add_related(
-        chart_png(digest),
+        chart,
         maintype="image",
         subtype="png",
         cid=f"<{chart_cid}>",
         disposition="inline",
         filename="messages-per-day.png",
     )
-    for name, content in csv_attachments(digest).items():
-        message.add_attachment(content, maintype="text", subtype="csv", filename=name)
     return message
 
 

@@ -155,6 +155,13 @@ def day_of(connection: Connection, column: sa.ColumnElement[Any]) -> sa.ColumnEl
     return sa.func.to_char(sa.func.timezone("UTC", column), "YYYY-MM-DD")
 
 
+def iso_text(connection: Connection, column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+    """A timestamp column as ISO 8601 UTC to the second (YYYY-MM-DDTHH:MM:SSZ), in SQL."""
+    if connection.dialect.name == "sqlite":
+        return sa.func.strftime("%Y-%m-%dT%H:%M:%SZ", column)
+    return sa.func.to_char(sa.func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+
+
 def week_of(connection: Connection, column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
     """The Monday (YYYY-MM-DD) of the ISO week of a timestamp column, UTC, in SQL."""
     if connection.dialect.name == "sqlite":

@@ -179,6 +179,14 @@ SETTINGS: tuple[Setting, ...] = (
         "a number of seconds, 0-3600",
         _parse_float(0, 3600),
     ),
+    Setting(
+        "digest_max_bytes",
+        "10000000",
+        "largest digest e-mail, as sent: beyond it the CSVs go zipped, then with only the rows "
+        "with the most messages (the complete CSVs are kept in the outbox)",
+        "200000-1000000000 bytes",
+        _parse_int(200_000, 1_000_000_000),
+    ),
     Setting("mail_from", "SpamPots feeds <spampots@localhost>", "From: of digests"),
     Setting("reply_to", "", "Reply-To: of digests; empty: the producer's contact"),
     Setting("taxii_host", "127.0.0.1", "address the TAXII server listens on"),

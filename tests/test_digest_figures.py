@@ -48,7 +48,19 @@ def _check(figures: DirectionFigures, want: Expected) -> None:
         }
         for s in figures.sources
     }
-    assert got_ips == want.ips
+    # The digest shows times to the second (UTC) and ports as its CSV does.
+    assert got_ips == {
+        ip: {
+            **entry,
+            "first": entry["first"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "last": entry["last"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "ports": " ".join(str(port) for port in entry["ports"]),
+        }
+        for ip, entry in want.ips.items()
+    }
+    assert [s.messages for s in figures.sources] == sorted(
+        (e["messages"] for e in want.ips.values()), reverse=True
+    )
     assert {u.url: u.messages for u in figures.urls} == want.urls
     assert {r.key: r.count for r in figures.top_url_domains} == want.url_domains
     assert {int(r.key): r.count for r in figures.ports} == want.ports
