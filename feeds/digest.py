@@ -360,11 +360,14 @@ def _sources(
     """One row per IP and week (the rollups summed it already), with its ports, most first."""
     i = ip_weeks.c
     s = session_weeks.c
-    ports = (
-        sa.select(s.src_ip, _distinct_list(connection, s.listen_port).label("ports"))
-        .where(_in_week(session_weeks, partner_id, direction, week))
-        .group_by(s.src_ip)
-        .subquery()
+    # Two range reads merged here rather than a join: a join to the grouped ports is planned
+    # as a loop over it before PostgreSQL has statistics for freshly filled rollups.
+    ports: dict[str, str] = dict(
+        connection.execute(
+            sa.select(s.src_ip, _distinct_list(connection, s.listen_port))
+            .where(_in_week(session_weeks, partner_id, direction, week))
+            .group_by(s.src_ip)
+        ).all()
     )
     rows = connection.execute(
         sa.select(
@@ -376,14 +379,13 @@ def _sources(
             i.recipients,
             rollups.iso_text(connection, i.first_seen),
             rollups.iso_text(connection, i.last_seen),
-            ports.c.ports,
         )
-        .join_from(ip_weeks, ports, ports.c.src_ip == i.src_ip, isouter=True)
         .where(_in_week(ip_weeks, partner_id, direction, week))
         .order_by(i.messages.desc(), i.src_ip)
-    )
+    ).all()
     return [
-        SourceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], _ascending(r[8])) for r in rows
+        SourceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], _ascending(ports.get(r[0])))
+        for r in rows
     ]
 
 

@@ -11,6 +11,7 @@ import io
 import random
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from digest_data import Capture, Connection, Dataset, Expected, expected, store_
 from smtp_sink import SmtpSink
 
 from feeds.attachments import attached_size
-from feeds.digest import parse_week
+from feeds.digest import build_digest, parse_week
+from feeds.home import engine_for
+from feeds.mail import csv_attachments
 from feeds.partners import load_partners
 from feeds.settings import Settings
 
@@ -50,16 +53,30 @@ def _many_sources(count: int) -> Dataset:
     return dataset
 
 
-@pytest.fixture
-def big_week(initialised: Settings) -> tuple[Settings, dict[str, Expected]]:
-    """A week whose twcert CSVs run to about 1 MB: (settings, expected figures per side)."""
-    from feeds.home import engine_for
+@dataclass(frozen=True)
+class BigWeek:
+    settings: Settings
+    want: dict[str, Expected]  # per side
+    complete: dict[str, bytes]  # the four CSVs with every row
 
+    @property
+    def plain_size(self) -> int:
+        """What the complete CSVs add to a message as plain attachments."""
+        return sum(attached_size(name, len(content)) for name, content in self.complete.items())
+
+
+@pytest.fixture
+def big_week(initialised: Settings) -> BigWeek:
+    """A week whose twcert CSVs run to about 1 MB."""
+    engine = engine_for(initialised.database_url)
     dataset = _many_sources(12_000)
-    store_captures(engine_for(initialised.database_url), dataset)
-    twcert = load_partners(initialised.partners).partners["twcert"]
+    store_captures(engine, dataset)
+    config = load_partners(initialised.partners)
+    twcert = config.partners["twcert"]
     want = {side: expected(dataset, twcert, d, WEEK.start) for side, d in SIDES.items()}
-    return initialised, want
+    complete = csv_attachments(build_digest(engine, config, "twcert", WEEK))
+    _check_complete(complete, want)
+    return BigWeek(initialised, want, complete)
 
 
 def _send(run_cli: RunCli, sink: SmtpSink, max_bytes: int, *extra: str) -> EmailMessage:
@@ -123,47 +140,21 @@ def _zip_of(message: EmailMessage) -> dict[str, bytes]:
         return {name: archive.read(name) for name in archive.namelist()}
 
 
-def _complete_encoded_size(
-    run_cli: RunCli, tmp_path: Path, want: dict[str, Expected]
-) -> tuple[int, dict[str, bytes]]:
-    """What the four complete CSVs add to a message as plain attachments (--csv-dir's files)."""
-    code, out, err = run_cli(
-        "digest", "--partner", "twcert", "--week", WEEK.label, "--csv-dir", str(tmp_path / "csv")
-    )
-    assert code == 0, err
-    written = [Path(line) for line in out.splitlines()[:-1]]  # the last line: the .eml
-    files = {path.name: path.read_bytes() for path in written}
-    _check_complete(files, want)
-    return sum(attached_size(name, len(content)) for name, content in files.items()), files
-
-
-def test_csvs_that_fit_go_plain(
-    big_week: tuple[Settings, dict[str, Expected]],
-    run_cli: RunCli,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
-) -> None:
-    _, want = big_week
-    size, _ = _complete_encoded_size(run_cli, tmp_path, want)
-    message = _send(run_cli, smtp_sink, size + 200_000)
+def test_csvs_that_fit_go_plain(big_week: BigWeek, run_cli: RunCli, smtp_sink: SmtpSink) -> None:
+    message = _send(run_cli, smtp_sink, big_week.plain_size + 200_000)
     files = _plain_csvs(message)
     assert all(p.get_content_type() == "text/csv" for p in message.iter_attachments())
-    _check_complete(files, want)
+    assert files == big_week.complete
     text, html = _bodies(message)
     assert "zipped" not in text and "zipped" not in html and "left out" not in text
 
 
 def test_csvs_too_large_go_zipped_with_every_row(
-    big_week: tuple[Settings, dict[str, Expected]],
-    run_cli: RunCli,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
+    big_week: BigWeek, run_cli: RunCli, smtp_sink: SmtpSink
 ) -> None:
-    _, want = big_week
-    size, _ = _complete_encoded_size(run_cli, tmp_path, want)
-    assert size > 400_000  # the premise: plain, they would not fit the limit below
-    message = _send(run_cli, smtp_sink, size)
-    _check_complete(_zip_of(message), want)
+    assert big_week.plain_size > 400_000  # so the limit below is a real one
+    message = _send(run_cli, smtp_sink, big_week.plain_size)  # the rest of the message too
+    assert _zip_of(message) == big_week.complete
     text, html = _bodies(message)
     for body in (text, html):
         assert f"zipped as {NAME}-csv.zip" in " ".join(body.split())
@@ -171,26 +162,21 @@ def test_csvs_too_large_go_zipped_with_every_row(
 
 
 def test_csvs_too_large_even_zipped_keep_the_busiest_rows_and_say_so(
-    big_week: tuple[Settings, dict[str, Expected]],
-    run_cli: RunCli,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
+    big_week: BigWeek, run_cli: RunCli, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
-    settings, want = big_week
-    _, complete = _complete_encoded_size(run_cli, tmp_path, want)
     whole = io.BytesIO()
     with zipfile.ZipFile(whole, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        for name, content in complete.items():
+        for name, content in big_week.complete.items():
             archive.writestr(name, content)
     limit = 200_000
     assert len(whole.getvalue()) > limit  # the premise: even zipped they would not fit
-    message = _send(run_cli, smtp_sink, limit)
+    message = _send(run_cli, smtp_sink, limit, "--csv-dir", str(tmp_path / "asked"))
     files = _zip_of(message)
     assert set(files) == CSV_NAMES
     text, html = _bodies(message)
     text, html = " ".join(text.split()), " ".join(html.split())
     left_out = 0
-    for side, figures in want.items():
+    for side, figures in big_week.want.items():
         ips = _csv_rows(files[f"{NAME}-{side}-ips.csv"])
         busiest = sorted((e["messages"] for e in figures.ips.values()), reverse=True)
         # The rows kept are those with the most messages, in that order.
@@ -207,6 +193,6 @@ def test_csvs_too_large_even_zipped_keep_the_busiest_rows_and_say_so(
     for body in (text, html):
         assert "complete CSVs are kept by CERT.br" in body
         assert "quoting SPAMPOTS-TWCERT-2026-W47" in body
-    # Staff have the complete CSVs, next to where the outbox keeps digests.
-    kept = settings.outbox_dir / "SPAMPOTS-TWCERT-2026-W47"
-    assert {path.name: path.read_bytes() for path in kept.iterdir()} == complete
+    # Staff have the complete CSVs, next to where the outbox keeps digests, and where asked.
+    for folder in (big_week.settings.outbox_dir / "SPAMPOTS-TWCERT-2026-W47", tmp_path / "asked"):
+        assert {path.name: path.read_bytes() for path in folder.iterdir()} == big_week.complete
