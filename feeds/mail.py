@@ -255,7 +255,7 @@ def render_text(digest: Digest, fitted: FittedAttachments | None = None) -> str:
     lines += [f"  {line}" for line in _poll_lines(digest)] or ["  none"]
     lines.append("")
     for paragraph in attachment_note(digest, fitted):
-        lines += [*textwrap.wrap(paragraph, 96), ""]
+        lines += [*textwrap.wrap(paragraph, 96, break_on_hyphens=False), ""]
     lines += [
         f"Questions: reply to this message or write to {digest.producer_contact} "
         f"quoting {digest.report_id}.",
