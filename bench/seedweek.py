@@ -139,6 +139,11 @@ def rows(
     message_id = session_id = 0
     listeners = [(port, service) for port, service, _ in LISTENERS]
     listener_weights = [w for _, _, w in LISTENERS]
+    # Keys of the pools' addresses and names, made once rather than for every message.
+    ip_keys = {a: ip_key(a) for a, *_ in world.sources} | {
+        t[1]: ip_key(t[1]) for t in world.targets
+    }
+    domain_keys: dict[str, str] = {t[0]: domain_key(t[0]) for t in world.targets}
     while message_id < count:
         size = min(CHUNK, count - message_id)
         sources = rng.choices(world.sources, world.source_weights, k=size)
@@ -205,7 +210,8 @@ def rows(
                 other = f"mail{rng.randrange(5_000)}.{rng.choice(list(TLDS.values()))}"
                 domains[other] = domains.get(other, 0) + recipients // 2
             for domain, n in domains.items():
-                chunk["message_domains"].append((message_id, domain, domain_key(domain), n))
+                key = domain_keys.get(domain) or domain_keys.setdefault(domain, domain_key(domain))
+                chunk["message_domains"].append((message_id, domain, key, n))
             raw_sha256, subject, header_date, _ = bodies[index]
             chunk["messages"].append(
                 (
@@ -214,14 +220,14 @@ def rows(
                     f"s{session_id}",
                     ts,
                     src_ip,
-                    ip_key(src_ip),
+                    ip_keys[src_ip],
                     src_cc,
                     src_asn,
                     src_name,
                     host,
-                    domain_key(host),
+                    domain_keys[host],
                     dst_ip,
-                    ip_key(dst_ip),
+                    ip_keys[dst_ip],
                     dst_cc,
                     25,
                     "spam@example.net",

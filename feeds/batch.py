@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -63,7 +64,7 @@ feed_object_versions = sa.Table(
     sa.Column("modified", sa.String(24), nullable=False),
 )
 
-_CHUNK = 500
+_CHUNK = 5000  # values bound in one IN (...), well under SQLite's 32,766
 ONE_MS = dt.timedelta(milliseconds=1)
 
 
@@ -86,6 +87,7 @@ class Unit:
     size: int
 
 
+@functools.lru_cache(maxsize=262144)  # asked for by planning, state loading and building
 def value_sha256(observable_type: str, value: str) -> str:
     return hashlib.sha256(f"{observable_type}:{value}".encode()).hexdigest()
 
@@ -117,7 +119,7 @@ class PublishContext:
     signer: Signer
     now: dt.datetime
 
-    @property
+    @functools.cached_property
     def issued(self) -> str:
         return stix.timestamp(self.now)
 

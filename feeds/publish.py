@@ -80,6 +80,10 @@ feed_batches = sa.Table(
 )
 
 
+# SQLite's page cache while a publishing transaction writes (see write_transaction).
+_PAGE_CACHE_MIB = 256
+
+
 class PublishConflict(StoreError):
     """Another publish run moved the collection's watermark while this one was running."""
 
@@ -139,6 +143,24 @@ def pack(units: Sequence[Unit], capacity: int) -> list[list[Unit]]:
     if current:
         batches.append(current)
     return batches
+
+
+def commit_groups(batches: Sequence[list[Unit]], most_objects: int) -> list[list[list[Unit]]]:
+    """Consecutive batches committed together, at most ``most_objects`` objects (with each
+    batch's six shared objects and report) a transaction, and at least one batch."""
+    groups: list[list[list[Unit]]] = []
+    current: list[list[Unit]] = []
+    size = 0
+    for batch in batches:
+        objects = sum(unit.size for unit in batch) + 6
+        if current and size + objects > most_objects:
+            groups.append(current)
+            current, size = [], 0
+        current.append(batch)
+        size += objects
+    if current:
+        groups.append(current)
+    return groups
 
 
 @dataclass(frozen=True)
@@ -256,24 +278,30 @@ def _publish_slice(
     # Room for the five shared objects and the report in every batch.
     capacity = max(int(context.settings.batch_objects) - 6, 1)
     scrubber = scrubber_for(context.config.sensors.values(), partner)
-    summaries = []
+    summaries: list[BatchSummary] = []
     chunks = pack(units, capacity)
-    for index, chunk in enumerate(chunks):
-        last = index == len(chunks) - 1
+    published = 0
+    for group in commit_groups(chunks, int(context.settings.publish_commit_objects)):
+        committed: list[BatchSummary] = []
         try:
-            with write_transaction(engine) as connection:
+            with write_transaction(engine, page_cache_mib=_PAGE_CACHE_MIB) as connection:
                 _check_unchanged(connection, collection, mark)
-                summary = _publish_batch(
-                    connection,
-                    context,
-                    partner,
-                    collection,
-                    scrubber,
-                    chunk,
-                    mark.last_message_id,
-                    upto,
-                )
-                mark = done if last else Watermark(mark.last_message_id, upto, chunk[-1].key)
+                for chunk in group:
+                    committed.append(
+                        _publish_batch(
+                            connection,
+                            context,
+                            partner,
+                            collection,
+                            scrubber,
+                            chunk,
+                            mark.last_message_id,
+                            upto,
+                        )
+                    )
+                published += len(group)
+                last = published == len(chunks)
+                mark = done if last else Watermark(mark.last_message_id, upto, group[-1][-1].key)
                 _write_watermark(connection, collection.id, mark, context.now)
         except sa.exc.IntegrityError:
             # Two first runs of a collection: no watermark row to lock, so the second
@@ -283,7 +311,7 @@ def _publish_slice(
                 hint="let that run finish; the next run publishes what is left",
                 collection=collection.alias,
             ) from None
-        summaries.append(summary)
+        summaries.extend(committed)
     return summaries, mark
 
 
@@ -336,7 +364,15 @@ def _publish_batch(
         jws=jws,
     )
     report_body = stix.dumps(report)
-    add_objects(connection, collection.id, [*serialised, (report, report_body)])
+    made_at_random = {obj["id"] for obj, _ in serialised if obj["type"] in stix.RANDOM_ID_TYPES}
+    made_at_random.add(report["id"])
+    add_objects(
+        connection,
+        collection.id,
+        [*serialised, (report, report_body)],
+        own=True,
+        new_ids=made_at_random,
+    )
     builder.save_states()
     connection.execute(
         feed_batches.insert().values(

@@ -250,6 +250,14 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_int(10, 1_000_000),
     ),
     Setting(
+        "publish_commit_objects",
+        "50000",
+        "most objects one publishing transaction commits: whole batches, several at once when "
+        "they fit (fewer, larger commits; a batch is never split between two)",
+        "10-10000000",
+        _parse_int(10, 10_000_000),
+    ),
+    Setting(
         "indicator_expiry_days",
         "30",
         "days an indicator stays valid without new sightings",

@@ -57,8 +57,13 @@ IDENTITY_CREATED = "2026-12-01T00:00:00.000Z"
 
 def timestamp(moment: dt.datetime) -> str:
     """RFC 3339 UTC with exactly three fractional digits; a naive time is taken as UTC."""
-    utc = moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo else moment
-    return utc.isoformat(timespec="milliseconds") + "Z"
+    if moment.tzinfo is not None and moment.utcoffset():
+        moment = moment.astimezone(dt.UTC)
+    # Formatted by hand: this runs several times for every published object.
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_timestamp(text: str) -> dt.datetime:
@@ -84,8 +89,14 @@ def _uuid_text(raw: bytes, version: int) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+@functools.cache
+def _namespace_bytes(namespace: uuid.UUID) -> bytes:
+    return namespace.bytes
+
+
 def _uuid5(namespace: uuid.UUID, name: str) -> str:
-    return _uuid_text(hashlib.sha1(namespace.bytes + name.encode("utf-8")).digest(), 5)  # noqa: S324
+    raw = hashlib.sha1(_namespace_bytes(namespace) + name.encode("utf-8")).digest()  # noqa: S324
+    return _uuid_text(raw, 5)
 
 
 def sco_id(object_type: str, contributing: StixObject) -> str:
@@ -93,8 +104,20 @@ def sco_id(object_type: str, contributing: StixObject) -> str:
     return f"{object_type}--{_uuid5(STIX_NAMESPACE, name)}"
 
 
+@functools.lru_cache(maxsize=262144)
+def value_sco_id(object_type: str, value: str | int, name: str = "value") -> str:
+    """The id of an SCO whose one id-contributing property is ``name``: the same addresses,
+    ASes and URLs recur in every slice and collection, so their ids are kept."""
+    return sco_id(object_type, {name: value})
+
+
 def feed_id(object_type: str, *parts: str) -> str:
     return f"{object_type}--{_uuid5(FEED_NAMESPACE, '/'.join(parts))}"
+
+
+# The types this module gives random ids (an email-message without a subject aside): a fresh
+# one is new to every collection, so storing it looks up no earlier version.
+RANDOM_ID_TYPES = frozenset({"observed-data", "relationship", "sighting", "report"})
 
 
 def random_id(object_type: str) -> str:
@@ -209,7 +232,7 @@ def autonomous_system(number: int, name: str | None) -> StixObject:
     obj: StixObject = {
         "type": "autonomous-system",
         "spec_version": "2.1",
-        "id": sco_id("autonomous-system", {"number": number}),
+        "id": value_sco_id("autonomous-system", number, "number"),
         "number": number,
     }
     if name:
@@ -222,7 +245,7 @@ def ip_address(value: str, as_id: str | None) -> StixObject:
     obj: StixObject = {
         "type": kind,
         "spec_version": "2.1",
-        "id": sco_id(kind, {"value": value}),
+        "id": value_sco_id(kind, value),
         "value": value,
     }
     if as_id:
@@ -245,7 +268,7 @@ def url(value: str) -> StixObject:
     return {
         "type": "url",
         "spec_version": "2.1",
-        "id": sco_id("url", {"value": value}),
+        "id": value_sco_id("url", value),
         "value": value,
     }
 

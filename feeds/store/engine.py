@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -90,10 +90,26 @@ def _sqlite_on_begin(connection: Connection) -> None:
 
 
 @contextlib.contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that will write: on SQLite it takes the write lock when it begins."""
-    with engine.connect().execution_options(write=True) as connection, connection.begin():
-        yield connection
+def write_transaction(engine: Engine, *, page_cache_mib: int = 0) -> Iterator[Connection]:
+    """A transaction that will write: on SQLite it takes the write lock when it begins.
+
+    ``page_cache_mib``: on SQLite, the connection's page cache for this transaction (a large
+    write touches more index pages than the default 2 MB holds, and spills them to the log
+    over and over); its usual size comes back afterwards."""
+    with engine.connect().execution_options(write=True) as connection:
+        # On the driver's connection: through SQLAlchemy, the pragma would begin a transaction.
+        cursor = connection.connection.cursor() if connection.dialect.name == "sqlite" else None
+        if cursor is not None and page_cache_mib:
+            before = cursor.execute("PRAGMA cache_size").fetchone()[0]
+            cursor.execute(f"PRAGMA cache_size=-{int(page_cache_mib) * 1024}")
+        try:
+            with connection.begin():
+                yield connection
+        finally:
+            if cursor is not None:
+                if page_cache_mib:
+                    cursor.execute(f"PRAGMA cache_size={int(before)}")
+                cursor.close()
 
 
 def bulk_insert(
@@ -102,25 +118,41 @@ def bulk_insert(
     """executemany straight to the driver: at ingest volumes SQLAlchemy's per-row parameter
     processing costs as much as SQLite's own work. On PostgreSQL the weeks of partitioned
     tables' rows get their partitions first. Values are converted as SQLAlchemy would
-    store them (SQLite: UTC timestamps as text, booleans as integers)."""
+    store them (SQLite: UTC timestamps as text; booleans the driver stores as 0 and 1)."""
     if not rows:
         return
     columns = list(rows[0])
+    if connection.dialect.name == "sqlite":
+        convert = [c for c in columns if isinstance(table.c[c].type, sa.DateTime)]
+        if convert:
+            rows = [{**row, **{c: sqlite_value(row[c]) for c in convert}} for row in rows]
+    elif table.name in PARTITIONED:
+        ensure_weeks(connection, table.name, {row["ts"] for row in rows})
+    bulk_insert_values(
+        connection, table, columns, [tuple(row[c] for c in columns) for row in rows], ignore=ignore
+    )
+
+
+def bulk_insert_values(
+    connection: Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    values: list[tuple[Any, ...]],
+    *,
+    ignore: bool = False,
+) -> None:
+    """:func:`bulk_insert` of rows already as tuples in the order of ``columns``, with values
+    the driver takes as they are (no timestamps on SQLite), into a table without partitions."""
+    if not values:
+        return
     names = ", ".join(columns)
     if connection.dialect.name == "sqlite":
         verb = "INSERT OR IGNORE" if ignore else "INSERT"
         sql = f"{verb} INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
-        convert = [c for c in columns if isinstance(table.c[c].type, (sa.DateTime, sa.Boolean))]
-        if convert:
-            rows = [{**row, **{c: sqlite_value(row[c]) for c in convert}} for row in rows]
-        values = [tuple(row[c] for c in columns) for row in rows]
     else:
-        if table.name in PARTITIONED:
-            ensure_weeks(connection, table.name, {row["ts"] for row in rows})
         tail = " ON CONFLICT DO NOTHING" if ignore else ""
         marks = ", ".join(["%s"] * len(columns))
         sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}){tail}"  # noqa: S608
-        values = [tuple(row[c] for c in columns) for row in rows]
     connection.exec_driver_sql(sql, values)
 
 
