@@ -138,6 +138,7 @@ def main() -> None:
             marker.write_text(json.dumps(wanted))
         else:
             print(f"reusing the {args.messages:,} messages prefilled in {work}")
+            init_home(settings)  # migrations added since the prefill
         if args.prefill_only:
             return
         clear_published(url)
