@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from crash_helpers import Crasher, kill_gaps
 from digest_data import Dataset, make_captures, store_captures
@@ -28,6 +29,8 @@ from feeds.settings import Settings
 from feeds.verify import verify_collection
 
 
+# The killed runs on PostgreSQL against a clean run on SQLite: both stores in one test.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_publish_killed_at_20_random_steps_then_once_more_equals_one_clean_run(
     environ: dict[str, str], tmp_path: Path, crasher: Crasher
 ) -> None:
@@ -77,6 +80,7 @@ WEEK = parse_week("2026-W47")
 ADDRESSES = [f"soc{n}@twcert.example.org" for n in range(8)]
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_digest_send_killed_at_20_random_steps_never_mails_an_address_twice(
     initialised: Settings,
     environ: dict[str, str],

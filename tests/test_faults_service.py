@@ -50,6 +50,8 @@ def stored_messages(settings: Settings) -> int:
         return int(count.scalar_one())
 
 
+# Not about the store: SQLite only (the delivery records' SQL runs on both in test_digest_mail).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_smtp_down_for_a_while_the_digest_goes_once_when_it_is_back(
     initialised: Settings, environ: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -188,6 +190,7 @@ def test_a_mmdb_file_rewritten_while_in_use_does_not_kill_the_process(tmp_path: 
     assert len(done.stdout.strip()) == 2  # a country code, read before and after
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_mmdb_file_replaced_while_the_worker_runs(
     generated: GeneratedHome, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
