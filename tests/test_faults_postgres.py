@@ -43,11 +43,11 @@ def restart_at_batch(
     real_add = publish_module.add_objects
     began = [0]
 
-    def add(connection: Any, collection_id: str, objects: Any) -> Any:
+    def add(connection: Any, collection_id: str, objects: Any, **options: Any) -> Any:
         began[0] += 1
         if began[0] == batch:
             server.restart()
-        return real_add(connection, collection_id, objects)
+        return real_add(connection, collection_id, objects, **options)
 
     monkeypatch.setattr(publish_module, "add_objects", add)
     return lambda: began[0]
