@@ -214,25 +214,29 @@ class BatchBuilder:
     def _load_states(self, units: Sequence[Unit]) -> None:
         wanted = [self._value_key(unit.item) for unit in units]
         hashes = [value_sha256(kind, value) for kind, value in wanted if kind]
-        t = feed_indicators.c
+        # Straight to the driver: SQLAlchemy's compiling of thousands of IN values per batch
+        # cost more than the look-up.
+        mark = "?" if self.connection.dialect.paramstyle == "qmark" else "%s"
         for start in range(0, len(hashes), _CHUNK):
-            rows = self.connection.execute(
-                sa.select(feed_indicators).where(
-                    t.collection_id == self.collection.id,
-                    t.value_sha256.in_(hashes[start : start + _CHUNK]),
-                )
+            chunk = hashes[start : start + _CHUNK]
+            query = (
+                "SELECT value_sha256, observable_type, value, generation, indicator_id, "  # noqa: S608
+                "created, modified, valid_from, valid_until, expired "
+                f"FROM {feed_indicators.name} WHERE collection_id = {mark} "
+                f"AND value_sha256 IN ({', '.join([mark] * len(chunk))})"
             )
-            for row in rows:
-                self.states[row.value_sha256] = IndicatorState(
-                    row.observable_type,
-                    row.value,
-                    row.generation,
-                    row.indicator_id,
-                    row.created,
-                    row.modified,
-                    row.valid_from,
-                    row.valid_until,
-                    bool(row.expired),
+            for row in self.connection.exec_driver_sql(query, (self.collection.id, *chunk)):
+                sha, kind, value, generation, known_id, created, modified, since, until, gone = row
+                self.states[sha] = IndicatorState(
+                    kind,
+                    value,
+                    int(generation),
+                    known_id,
+                    created,
+                    modified,
+                    since,
+                    until,
+                    bool(gone),
                     stored=True,
                 )
 
