@@ -21,7 +21,14 @@ from sqlalchemy.engine import Connection, Engine
 from feeds import rollups
 from feeds.errors import UsageError
 from feeds.partners import Partner, PartnersConfig
-from feeds.rollups import day_totals, ip_weeks, session_weeks, url_domain_weeks, url_weeks
+from feeds.rollups import (
+    day_totals,
+    ip_ports,
+    ip_weeks,
+    request_weeks,
+    url_domain_weeks,
+    url_weeks,
+)
 from feeds.store import as_utc
 from feeds.store.captures import urls
 
@@ -359,14 +366,12 @@ def _sources(
 ) -> list[SourceRow]:
     """One row per IP and week (the rollups summed it already), with its ports, most first."""
     i = ip_weeks.c
-    s = session_weeks.c
-    # Two range reads merged here rather than a join: a join to the grouped ports is planned
-    # as a loop over it before PostgreSQL has statistics for freshly filled rollups.
+    p = ip_ports.c
+    # Two range reads merged here rather than a join: each follows an index in its own order
+    # (the IPs busiest first by ix_digest_ip_weeks_busiest), so neither needs a sort.
     ports: dict[str, str] = dict(
         connection.execute(
-            sa.select(s.src_ip, _distinct_list(connection, s.listen_port))
-            .where(_in_week(session_weeks, partner_id, direction, week))
-            .group_by(s.src_ip)
+            sa.select(p.src_ip, p.ports).where(_in_week(ip_ports, partner_id, direction, week))
         ).all()
     )
     rows = connection.execute(
@@ -384,25 +389,8 @@ def _sources(
         .order_by(i.messages.desc(), i.src_ip)
     ).all()
     return [
-        SourceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], _ascending(ports.get(r[0])))
-        for r in rows
+        SourceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], ports.get(r[0], "")) for r in rows
     ]
-
-
-def _distinct_list(connection: Connection, column: sa.ColumnElement[int]) -> sa.ColumnElement[str]:
-    """The distinct values of an integer column, comma-separated, in no particular order."""
-    if connection.dialect.name == "sqlite":
-        return sa.func.group_concat(sa.distinct(column))
-    return sa.func.string_agg(sa.distinct(sa.cast(column, sa.Text)), ",")
-
-
-def _ascending(numbers: str | None) -> str:
-    """'8080,1080' -> '1080 8080'."""
-    if not numbers:
-        return ""
-    if "," not in numbers:
-        return numbers
-    return " ".join(sorted(numbers.split(","), key=int))
 
 
 def _urls(connection: Connection, partner_id: str, direction: str, week: Week) -> list[UrlRow]:
@@ -424,13 +412,13 @@ def _connections(
     connection: Connection, partner_id: str, direction: str, week: Week
 ) -> tuple[list[Ranked], dict[str, dict[str, int]]]:
     """Ports abused and requests per module (socks, http, smtp) by type, as ``spampots stats``."""
-    s = session_weeks.c
+    r = request_weeks.c
     port_counts: dict[int, int] = defaultdict(int)
     requests: dict[str, dict[str, int]] = {}
     for port, service, request, count in connection.execute(
-        sa.select(s.listen_port, s.service, s.request, sa.func.sum(s.sessions))
-        .where(_in_week(session_weeks, partner_id, direction, week))
-        .group_by(s.listen_port, s.service, s.request)
+        sa.select(r.listen_port, r.service, r.request, r.sessions).where(
+            _in_week(request_weeks, partner_id, direction, week)
+        )
     ):
         port_counts[int(port)] += int(count)
         module = MODULES.get(service, "http" if service.startswith("http") else service)

@@ -78,6 +78,15 @@ ip_weeks = sa.Table(
     sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
 )
+# The digest lists a week's IPs busiest first: read in this order, they need no sort.
+sa.Index(
+    "ix_digest_ip_weeks_busiest",
+    ip_weeks.c.partner_id,
+    ip_weeks.c.direction,
+    ip_weeks.c.week,
+    ip_weeks.c.messages.desc(),
+    ip_weeks.c.src_ip,
+)
 url_weeks = sa.Table(
     "digest_url_weeks",
     metadata,
@@ -92,17 +101,26 @@ url_domain_weeks = sa.Table(
     sa.Column("domain", sa.String(255), primary_key=True),
     sa.Column("messages", sa.Integer, nullable=False),
 )
-session_weeks = sa.Table(
-    "digest_session_weeks",
+# The ports each source IP connected to, ascending and space-separated as the per-IP CSV shows
+# them: one row per IP, so the digest reads no connection rows to list them.
+ip_ports = sa.Table(
+    "digest_ip_ports",
     metadata,
     *_keys(),
     sa.Column("src_ip", sa.String(45), primary_key=True),
+    sa.Column("ports", sa.Text, nullable=False),
+)
+# Connections per listening port, service and request type (ports abused, request types).
+request_weeks = sa.Table(
+    "digest_request_weeks",
+    metadata,
+    *_keys(),
     sa.Column("listen_port", sa.Integer, primary_key=True),
     sa.Column("service", sa.String(16), primary_key=True),
     sa.Column("request", sa.String(16), primary_key=True),
     sa.Column("sessions", sa.Integer, nullable=False),
 )
-ROLLUP_TABLES = (day_totals, ip_weeks, url_weeks, url_domain_weeks, session_weeks)
+ROLLUP_TABLES = (day_totals, ip_weeks, url_weeks, url_domain_weeks, ip_ports, request_weeks)
 
 
 @dataclass
@@ -386,28 +404,82 @@ def _sum_sessions(
         .where(s.id > low, s.id <= high, session_selection(partner, direction))
         .group_by(week, s.src_ip, s.listen_port, s.service, s.result, to_25)
     ).all()
-    summed: dict[tuple[str, str, int, str, str], int] = {}
+    summed: dict[tuple[str, int, str, str], int] = {}
+    ports: dict[tuple[str, str], set[int]] = {}
     for r in rows:
-        key = (r[0], r[1], r[2], r[3], request_kind(r[4], r[5]))
+        key = (r[0], r[2], r[3], request_kind(r[4], r[5]))
         summed[key] = summed.get(key, 0) + r[6]
+        ports.setdefault((r[0], r[1]), set()).add(int(r[2]))
+    keys = {"partner_id": partner.id, "direction": direction}
     _upsert(
         connection,
-        session_weeks,
+        request_weeks,
         [
             {
-                "partner_id": partner.id,
-                "direction": direction,
+                **keys,
                 "week": k[0],
-                "src_ip": k[1],
-                "listen_port": k[2],
-                "service": k[3],
-                "request": k[4],
+                "listen_port": k[1],
+                "service": k[2],
+                "request": k[3],
                 "sessions": count,
             }
             for k, count in summed.items()
         ],
         adds=("sessions",),
     )
+    _add_ports(connection, partner.id, direction, ports)
+
+
+def _add_ports(
+    connection: Connection,
+    partner_id: str,
+    direction: str,
+    new: dict[tuple[str, str], set[int]],
+) -> None:
+    """Merge newly seen ports into each (week, IP)'s list; only changed lists are written."""
+    p = ip_ports.c
+    changed = []
+    for week in sorted({week for week, _ in new}):
+        known = dict(
+            connection.execute(
+                sa.select(p.src_ip, p.ports).where(
+                    p.partner_id == partner_id, p.direction == direction, p.week == week
+                )
+            ).all()
+        )
+        for (of_week, ip), numbers in new.items():
+            if of_week != week:
+                continue
+            old = known.get(ip)
+            merged = port_list(numbers, old)
+            if merged != old:
+                changed.append(
+                    {
+                        "partner_id": partner_id,
+                        "direction": direction,
+                        "week": week,
+                        "src_ip": ip,
+                        "ports": merged,
+                    }
+                )
+    if changed:
+        postgres = connection.dialect.name == "postgresql"
+        statement = postgresql.insert(ip_ports) if postgres else sqlite.insert(ip_ports)
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[c.name for c in ip_ports.primary_key.columns],
+                set_={"ports": statement.excluded.ports},
+            ),
+            changed,
+        )
+
+
+def port_list(numbers: Iterable[int], known: str | None = None) -> str:
+    """Ports ascending and space-separated, with those of ``known`` (such a list) merged in."""
+    every = set(numbers)
+    if known:
+        every.update(int(port) for port in known.split())
+    return " ".join(str(port) for port in sorted(every))
 
 
 def _upsert(
