@@ -126,6 +126,7 @@ COPIED_AS_THEY_ARE = (
     "ingest_batches",
     "enrichment_sources",
     "urls",
+    rollups.rollup_state.name,
     *(table.name for table in rollups.ROLLUP_TABLES),
 )
 
