@@ -211,7 +211,8 @@ def repeat_history(engine: sa.Engine, source: str, weeks: int) -> int:
             rollups.rollup_state.update().values(
                 messages_done=per_week["messages"] * weeks,
                 sessions_done=per_week["sessions"] * weeks,
-                covers_from=f"{WEEK.start:%Y-%m-%d}",
+                # a digest compares with the week before: as at 1M, none of it was summed
+                covers_from=f"{WEEK.previous().start:%Y-%m-%d}",
             )
         )
         connection.commit()
