@@ -167,13 +167,14 @@ def prefill(args: argparse.Namespace) -> None:
         writing, summing = generate(engine, world, args.messages, config, args.messages)
         print(f"wrote {args.messages:,} messages of {WEEK.label} in {writing:.0f} s")
         print(f"rollups summed in {summing:.0f} s", flush=True)
-    with engine.begin() as connection:  # the writer gave its batch row an explicit id
-        connection.execute(
-            sa.text(
-                "SELECT setval(pg_get_serial_sequence('ingest_batches', 'id'), "
-                "(SELECT max(id) FROM ingest_batches))"
+    with engine.begin() as connection:  # rows written or copied with explicit ids
+        for table in ("ingest_batches", "enrichment_sources"):
+            connection.execute(
+                sa.text(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608
+                    f"(SELECT coalesce(max(id), 1) FROM {table}))"
+                )
             )
-        )
         connection.execute(sa.text("ANALYZE"))
         messages = connection.execute(sa.text("SELECT count(*) FROM messages")).scalar_one()
     meta = {"messages": messages, "weeks": weeks, "objects": args.objects}
