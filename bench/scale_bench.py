@@ -424,6 +424,25 @@ def forget_published(connection: sa.Connection, config: Any, meta: dict[str, Any
     )
 
 
+def forget_ingested(connection: sa.Connection) -> None:
+    """What an earlier measured run ingested after the writer's week, so that every run
+    publishes the same messages (publishing runs up to the newest)."""
+    ends = {
+        table: connection.execute(
+            sa.text(f"SELECT coalesce(max(id), 0) FROM {table} WHERE ts < :end"),  # noqa: S608
+            {"end": WEEK.end},
+        ).scalar_one()
+        for table in ("messages", "sessions")
+    }
+    for child in ("message_domains", "message_urls"):
+        connection.execute(
+            sa.text(f"DELETE FROM {child} WHERE message_id > :last"),  # noqa: S608
+            {"last": ends["messages"]},
+        )
+    for table, last in ends.items():
+        connection.execute(sa.text(f"DELETE FROM {table} WHERE id > :last"), {"last": last})  # noqa: S608
+
+
 def measure_ingest(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     spool = Path(settings.spool)
     shutil.rmtree(spool, ignore_errors=True)
@@ -456,9 +475,9 @@ def measure(args: argparse.Namespace) -> None:
         f"a collection of {meta['objects']:,} objects; {os.cpu_count()} CPUs"
     )
     engine = engine_for(settings.database_url)
-    rollups.refresh(engine, load_partners(settings.partners))  # what an earlier run ingested
     with write_transaction(engine) as connection:
         forget_published(connection, load_partners(settings.partners), meta)
+        forget_ingested(connection)
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "walk": lambda: measure_walk(settings, args),
         "digest": lambda: measure_digest(settings),
