@@ -52,6 +52,7 @@ from feeds.home import engine_for, init_home  # noqa: E402
 from feeds.mail import compose  # noqa: E402
 from feeds.partners import load_partners  # noqa: E402
 from feeds.settings import load_settings  # noqa: E402
+from feeds.store import migrate  # noqa: E402
 
 
 def generate(
@@ -149,8 +150,15 @@ def main() -> None:
             )
             if admin is not None:
                 vacuum_rollups(admin, schema)
+        else:
+            # A kept store gets the migrations added since its fill (as ingest's startup would
+            # do), and on PostgreSQL what they filled is analysed, as autovacuum would.
+            applied = migrate(engine_for(url))
+            if applied:
+                print(f"migrated the kept store to {', '.join(applied)}")
+                if admin is not None:
+                    vacuum_rollups(admin, schema)
         if not args.fill_only:
-            # Not init_home: a kept store is timed on the schema it was filled with.
             time_digests(engine_for(url), config, args.repeat)
     finally:
         engine_for(url).dispose()

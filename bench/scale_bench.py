@@ -474,6 +474,7 @@ def measure(args: argparse.Namespace) -> None:
         f"{args.name}: {meta['messages']:,} messages over {meta['weeks']} weeks, "
         f"a collection of {meta['objects']:,} objects; {os.cpu_count()} CPUs"
     )
+    init_home(settings)  # migrations added since the prefill
     engine = engine_for(settings.database_url)
     with write_transaction(engine) as connection:
         forget_published(connection, load_partners(settings.partners), meta)
