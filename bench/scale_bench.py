@@ -354,7 +354,7 @@ def measure_digest(settings: Settings) -> dict[str, Any]:
             to=["bench@example.org"],
             message_id="<bench@example.org>",
         )
-        message.as_bytes()
+        message.message.as_bytes()
         return 1
 
     return timed(f"digest ({PARTNER}, {week.label})", one, "digests")
