@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -15,12 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from loopback import free_port
 
 
 def postgres_bin() -> Path | None:
@@ -102,7 +96,7 @@ def private_postgres(bin_folder: Path) -> Iterator[PrivatePostgres]:
     folder = Path(tempfile.mkdtemp(prefix="spampots-pg-"))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
-    server = PrivatePostgres(bin_folder, folder, _free_port())
+    server = PrivatePostgres(bin_folder, folder, free_port())
     try:
         server.init()
         server.start()

@@ -11,7 +11,6 @@ import datetime as dt
 import email
 import email.policy
 import ipaddress
-import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from loopback import free_port
 
 
 @dataclass
@@ -64,12 +64,6 @@ class SmtpSink:
             Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content))
         )
         return "250 2.0.0 Ok: queued as test"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
@@ -115,7 +109,7 @@ def start_smtp_sink(
     port: int | None = None,
 ) -> Iterator[SmtpSink]:
     """mode: plain (no TLS), starttls (offers STARTTLS) or smtps (TLS from the start)."""
-    sink = SmtpSink(port=port or _free_port(), scheme="smtps" if mode == "smtps" else "smtp")
+    sink = SmtpSink(port=port or free_port(), scheme="smtps" if mode == "smtps" else "smtp")
     options: dict[str, Any] = {}
     if mode != "plain":
         assert folder is not None

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from digest_data import Dataset, expected, make_captures, store_captures
+from loopback import free_port
 from PIL import Image
 from smtp_sink import SmtpSink, start_smtp_sink
 from sqlalchemy.engine import Engine
 
-from conftest import free_port
 from feeds import deliveries
 from feeds.deliveries import DigestNotSent, retry_unsent, send_digest, weekly_digest
 from feeds.digest import parse_week

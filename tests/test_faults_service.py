@@ -17,12 +17,13 @@ import pytest
 import requests
 import sqlalchemy as sa
 from ingest_helpers import GeneratedHome, generate_home
+from loopback import free_port
 from smtp_sink import start_smtp_sink
 from taxii_helpers import PASSWORDS as TAXII_PASSWORDS
 from taxii_helpers import partners_yaml, start_taxii
 from test_ingest_crash import dump
 
-from conftest import IN_CI, REPO, free_port
+from conftest import IN_CI, REPO
 from feeds.enrich import MmdbDatabase
 from feeds.generator import generate
 from feeds.home import init_home, open_store

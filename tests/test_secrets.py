@@ -12,11 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import os
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,10 +22,11 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ingest_helpers import generate_home
+from loopback import spampots_serve
 from smtp_sink import start_smtp_sink
 from taxii_helpers import CHEAP
 
-from conftest import REPO, free_port
+from conftest import REPO
 from feeds.home import engine_for
 
 RunCli = Callable[..., tuple[int, str, str]]
@@ -149,25 +146,6 @@ def _all_objects(url: str, user: str, password: str) -> str:
     return "\n".join(pages)
 
 
-def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "feeds.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("SPAMPOTS_")}, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _wait_healthy(url: str) -> None:
-    for _ in range(300):
-        try:
-            if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError("spampots serve did not come up")
-
-
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_no_secret_appears_in_anything_the_service_writes(
     environ: dict[str, str], secret_database_url: str, tmp_path: Path, run_cli: RunCli
@@ -221,11 +199,8 @@ def test_no_secret_appears_in_anything_the_service_writes(
         assert "refused the login" in written[-1]
         run("digest", "--partner", "nobody", "--send", expect=2)
 
-    port = free_port()
-    server = _serve(env, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url)
+    with spampots_serve(env) as server:
+        url = server.url
         accept = {"Accept": "application/taxii+json;version=2.1"}
         for user, password, status in [
             ("twcert", TW_PASSWORD, 200),
@@ -246,9 +221,7 @@ def test_no_secret_appears_in_anything_the_service_writes(
         metrics = requests.get(url + "/metrics", timeout=30)
         assert metrics.status_code == 200 and "taxii_requests" in metrics.text
         written.append(metrics.text)
-    finally:
-        server.terminate()
-        written.append(server.communicate(timeout=30)[0].decode("utf-8", "replace"))
+    written.append(server.output)
     assert "Booting worker" in written[-1]
 
     home = Path(env["SPAMPOTS_HOME"])

@@ -4,48 +4,18 @@ process, so a walk may go from one to another (as behind a load balancer) with t
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import requests
+from loopback import spampots_serve
 from taxii_helpers import PASSWORDS, as_stored, indicator, ipv4, partners_yaml, taxii_settings
 
-from conftest import free_port
 from feeds.home import engine_for, init_home
 from feeds.partners import load_partners
 from feeds.store import write_transaction
 from taxii_server.objects import add_objects
 
 TAXII = "application/taxii+json;version=2.1"
-
-
-@contextlib.contextmanager
-def serve(env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "feeds.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("SPAMPOTS_")}, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            assert process.poll() is None, process.communicate()[0].decode()
-            try:
-                if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
 
 
 def test_a_walk_alternating_between_two_serve_processes_sees_every_object_once(
@@ -68,7 +38,8 @@ def test_a_walk_alternating_between_two_serve_processes_sees_every_object_once(
     session.headers["Accept"] = TAXII
     path = f"/feeds/collections/{collection}/objects/"
 
-    with serve(env) as first, serve(env) as second:
+    with spampots_serve(env) as first_server, spampots_serve(env) as second_server:
+        first, second = first_server.url, second_server.url
         seen: list[str] = []
         params: dict[str, str] = {"limit": "60"}
         pages = 0

@@ -3,16 +3,13 @@ parameters as 400, 413/415 on POST, status resources; discovery and ``spampots s
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import orjson
 import pytest
 import requests
+from loopback import free_port, spampots_serve
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
 from taxii_helpers import (
     PASSWORDS,
@@ -23,7 +20,6 @@ from taxii_helpers import (
     start_taxii,
 )
 
-from conftest import free_port
 from feeds.partners import COLLECTION_NAMESPACE
 from feeds.store import write_transaction
 from taxii_server.objects import add_objects
@@ -208,37 +204,9 @@ def test_spampots_serve_pages_statelessly_across_workers(
     init_home(settings)
     with write_transaction(engine_for(database_url)) as connection:
         add_objects(connection, TW_ORIGINATING, as_stored([indicator(n) for n in range(450)]))
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SPAMPOTS_")},
-        **environ,
-        "SPAMPOTS_PARTNERS": str(partners),
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "feeds.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+    env = {**environ, "SPAMPOTS_PARTNERS": str(partners)}
+    with spampots_serve(env, "--workers", "2") as server:
+        url = server.url
         collection = Collection(
             f"{url}/feeds/collections/{TW_ORIGINATING}/", user=AUTH[0], password=AUTH[1]
         )
@@ -256,9 +224,7 @@ def test_spampots_serve_pages_statelessly_across_workers(
                 timeout=30,
             )
         assert [twcert_successes(url) - before for _ in range(4)] == [20] * 4
-    finally:
-        process.terminate()
-        output = process.communicate(timeout=30)[0].decode()
+    output = server.output
     assert "Booting worker" in output
 
 
