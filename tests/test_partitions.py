@@ -10,7 +10,10 @@ from alembic import command
 from digest_data import Dataset, make_captures, store_captures
 from ingest_helpers import GeneratedHome
 
+from conftest import REPO
 from feeds.home import open_store
+from feeds.partners import load_partners
+from feeds.selection import message_condition
 from feeds.settings import Settings
 from feeds.store import bulk_insert, connect, migrate, write_transaction
 from feeds.store.captures import message_domains, messages, sessions
@@ -93,3 +96,30 @@ def test_migrating_a_filled_store_keeps_its_rows_and_keys(settings: Settings) ->
         total = connection.execute(sa.select(sa.func.count()).select_from(messages))
         assert total.scalar_one() == len(ids)
     engine.dispose()
+
+
+@only_postgresql
+def test_the_returning_selection_reads_the_domains_of_its_window_only(
+    initialised: Settings,
+) -> None:
+    engine = open_store(initialised)
+    dataset = Dataset()
+    start = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
+    make_captures(dataset, 1, start, start + dt.timedelta(weeks=6), 300)
+    store_captures(engine, dataset)
+    twcert = load_partners(REPO / "partners.yaml").partners["twcert"]
+    assert twcert.networks.domains
+    with engine.connect() as connection:
+        ids = sorted(connection.execute(sa.select(messages.c.id)).scalars())
+        after, upto = ids[len(ids) // 2], ids[len(ids) // 2 + 50]
+        query = sa.select(sa.func.count()).where(
+            message_condition(twcert, "returning", after, upto)
+        )
+        compiled = query.compile(connection, compile_kwargs={"literal_binds": True})
+        # Sequential scans off: the small test tables would otherwise be read whole either way.
+        connection.exec_driver_sql("SET enable_seqscan = off")
+        plan = "\n".join(connection.exec_driver_sql(f"EXPLAIN {compiled}").scalars())
+    domain_reads = [line for line in plan.splitlines() if " on message_domains" in line]
+    assert domain_reads, plan
+    # By message id within the window: never a domain's whole history.
+    assert all("message_domains_pkey" in line for line in domain_reads), plan
