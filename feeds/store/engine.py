@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import sqlite3
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -48,9 +49,16 @@ class StoreUnavailable(StoreError):
 def store_unavailable(
     error: sa.exc.OperationalError, url: str | sa.URL | None = None
 ) -> StoreError:
-    """One clear error, without the driver's traceback, for a store that does not answer."""
+    """One clear error, without the driver's traceback, for a store that failed under the work:
+    a server that does not answer, or an SQLite file that cannot be written."""
     where = f" at {sa.make_url(url).render_as_string(hide_password=True)}" if url else ""
     reason = " ".join(str(error.orig or error).split())
+    if isinstance(error.orig, sqlite3.Error):  # a file, not a server: full disk, locked, schema
+        return StoreError(
+            f"the store{where} could not do its work: {reason}",
+            hint="check the data folder's free space and permissions and that `spampots init` "
+            "has brought the store to the newest schema; nothing half written is kept, run again",
+        )
     return StoreUnavailable(
         f"cannot reach the store{where}: {reason}",
         hint="check SPAMPOTS_DATABASE_URL and that the database server runs; nothing half "
