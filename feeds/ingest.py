@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import datetime as dt
 import hashlib
 import multiprocessing.util
@@ -301,8 +302,8 @@ class _Writer:
         self.sources = SourceIds()
         self.url_ids: dict[str, int] = {}
 
-    def transaction(self) -> Any:
-        return _serialised(self.engine)
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        return ingest_transaction(self.engine)
 
     def store(self, connection: Connection, batch_id: int, prepared: Prepared) -> ChunkCounts:
         """Insert the chunk's sessions and messages; returns accepted and duplicate counts."""
@@ -399,21 +400,16 @@ class _Writer:
         self.url_ids.clear()
 
 
-def _serialised(engine: Engine) -> Any:
-    class _Transaction:
-        def __enter__(self) -> Connection:
-            self._context = write_transaction(engine)
-            connection = self._context.__enter__()
-            if connection.dialect.name == "postgresql":
-                connection.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_INGEST_LOCK}
-                )
-            return connection
-
-        def __exit__(self, *exc: Any) -> Any:
-            return self._context.__exit__(*exc)
-
-    return _Transaction()
+@contextlib.contextmanager
+def ingest_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction holding ingest's lock: captures have one writer at a time (on
+    SQLite the write lock does it; on PostgreSQL an advisory lock of the transaction)."""
+    with write_transaction(engine) as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_INGEST_LOCK}
+            )
+        yield connection
 
 
 def _next_id(connection: Connection, table: sa.Table) -> int:
@@ -515,7 +511,7 @@ class IngestRun:
         return report
 
     def _claim(self, name: str, digest: str) -> tuple[int, str, int]:
-        with _serialised(self.engine) as connection:
+        with ingest_transaction(self.engine) as connection:
             row = connection.execute(
                 sa.select(
                     ingest_batches.c.id, ingest_batches.c.status, ingest_batches.c.lines_done
@@ -598,7 +594,7 @@ class IngestRun:
             raise
 
     def _finish(self, batch_id: int) -> None:
-        with _serialised(self.engine) as connection:
+        with ingest_transaction(self.engine) as connection:
             connection.execute(
                 ingest_batches.update()
                 .where(ingest_batches.c.id == batch_id)

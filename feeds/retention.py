@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from feeds.ingest import _serialised as ingest_transaction
+from feeds.ingest import ingest_transaction
 from feeds.store import as_utc, write_transaction
 from feeds.store.captures import message_domains, message_urls, messages, sessions
 from feeds.store.partitions import WEEK, ensure_ahead, week_start, weeks_of
