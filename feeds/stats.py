@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from feeds.errors import UsageError
+from feeds.store import as_utc
 from feeds.store.captures import messages, sessions
 
 TOP = 10
@@ -30,7 +31,7 @@ def parse_time(text: str, option: str) -> dt.datetime:
             f"{option}: not a date or timestamp: {text!r}",
             hint="use YYYY-MM-DD or an RFC 3339 timestamp such as 2026-12-01T00:00:00Z",
         ) from None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    return as_utc(value)
 
 
 def _window(column: Any, since: dt.datetime | None, until: dt.datetime | None) -> Any:

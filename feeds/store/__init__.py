@@ -5,8 +5,6 @@ the schema is created and changed only by the Alembic migrations in ``migrations
 """
 
 from feeds.store.engine import (
-    as_utc,
-    as_utc_or_none,
     bulk_insert,
     bulk_insert_values,
     connect,
@@ -15,6 +13,7 @@ from feeds.store.engine import (
     store_unavailable,
     write_transaction,
 )
+from feeds.store.times import as_utc, as_utc_or_none
 
 __all__ = [
     "as_utc",

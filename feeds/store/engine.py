@@ -31,16 +31,6 @@ metadata = sa.MetaData(
 )
 
 
-def as_utc(moment: dt.datetime) -> dt.datetime:
-    """A time read from the store as an aware UTC datetime (SQLite gives back naive values;
-    everything the store holds is UTC)."""
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
-
-
-def as_utc_or_none(moment: dt.datetime | None) -> dt.datetime | None:
-    return None if moment is None else as_utc(moment)
-
-
 class StoreUnavailable(StoreError):
     """The database server could not be reached, or went away during the work (restarted,
     stopped): what was not committed is rolled back, a later run does it again."""

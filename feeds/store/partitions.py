@@ -21,13 +21,15 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from feeds.store.times import as_utc
+
 PARTITIONED = ("sessions", "messages")
 WEEK = dt.timedelta(days=7)
 
 
 def week_start(moment: dt.datetime) -> dt.datetime:
     """The Monday 00:00 UTC that begins ``moment``'s week."""
-    utc = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    utc = as_utc(moment)
     day = utc.date() - dt.timedelta(days=utc.weekday())
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
