@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 from collections import Counter
@@ -10,7 +11,9 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from test_publish import partners_text
 
+from feeds.generator import Generated, generate
 from feeds.home import engine_for, init_home
 from feeds.ingest import ingest_run
 from feeds.publish import feed_batches, feed_watermarks
@@ -94,3 +97,18 @@ def feed_store(
     init_home(settings)
     ingest_run(settings, workers=1).run()
     return env, settings
+
+
+def generated_feeds(environ: dict[str, str], tmp: Path) -> tuple[dict[str, str], Generated]:
+    """150 generated messages of now for the partners of test_publish, with the generator's
+    .mmdb files: what the publish fault tests ingest into each store they compare."""
+    generated = generate(tmp / "spool", tmp / "mmdb", 150, seed=7, start=dt.datetime.now(dt.UTC))
+    partners = tmp / "partners.yaml"
+    partners.write_text(partners_text())
+    environ = {
+        **environ,
+        "SPAMPOTS_PARTNERS": str(partners),
+        "SPAMPOTS_COUNTRY_MMDB": str(generated.country_mmdb),
+        "SPAMPOTS_ASN_MMDB": str(generated.asn_mmdb),
+    }
+    return environ, generated

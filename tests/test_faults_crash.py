@@ -16,14 +16,13 @@ import pytest
 import sqlalchemy as sa
 from crash_helpers import Crasher, kill_gaps
 from digest_data import Dataset, make_captures, store_captures
-from publish_checks import collections, feed_store, no_half_batch
+from publish_checks import collections, feed_store, generated_feeds, no_half_batch
 from smtp_sink import SmtpSink
 from taxii_helpers import running_server
-from test_publish import PASSWORDS, partners_text
+from test_publish import PASSWORDS
 
 from feeds.deliveries import deliveries
 from feeds.digest import parse_week
-from feeds.generator import generate
 from feeds.home import engine_for
 from feeds.settings import Settings
 from feeds.verify import verify_collection
@@ -34,17 +33,7 @@ from feeds.verify import verify_collection
 def test_publish_killed_at_20_random_steps_then_once_more_equals_one_clean_run(
     environ: dict[str, str], tmp_path: Path, crasher: Crasher
 ) -> None:
-    generated = generate(
-        tmp_path / "spool", tmp_path / "mmdb", 150, seed=7, start=dt.datetime.now(dt.UTC)
-    )
-    partners = tmp_path / "partners.yaml"
-    partners.write_text(partners_text())
-    environ = {
-        **environ,
-        "SPAMPOTS_PARTNERS": str(partners),
-        "SPAMPOTS_COUNTRY_MMDB": str(generated.country_mmdb),
-        "SPAMPOTS_ASN_MMDB": str(generated.asn_mmdb),
-    }
+    environ, generated = generated_feeds(environ, tmp_path)
     clean_url = f"sqlite:///{tmp_path}/clean.db"
     clean_env, _ = feed_store(environ, tmp_path, generated.spool, clean_url, "clean")
     url = environ["SPAMPOTS_DATABASE_URL"]

@@ -15,14 +15,12 @@ import pytest
 import requests
 import sqlalchemy as sa
 from private_postgres import PrivatePostgres
-from publish_checks import collections, feed_store, no_half_batch
+from publish_checks import collections, feed_store, generated_feeds, no_half_batch
 from taxii2client.v21 import Collection
 from taxii_helpers import PASSWORDS, as_stored, indicator, start_taxii
-from test_publish import partners_text
 
 from feeds import cli
 from feeds import publish as publish_module
-from feeds.generator import generate
 from feeds.home import engine_for
 from feeds.jobs import publish_job
 from feeds.partners import load_partners
@@ -60,16 +58,7 @@ def test_postgres_restarted_while_publishing_one_line_then_the_next_run_complete
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    generated = generate(
-        tmp_path / "spool", tmp_path / "mmdb", 150, seed=7, start=dt.datetime.now(dt.UTC)
-    )
-    partners = tmp_path / "partners.yaml"
-    partners.write_text(partners_text())
-    environ = {
-        "SPAMPOTS_PARTNERS": str(partners),
-        "SPAMPOTS_COUNTRY_MMDB": str(generated.country_mmdb),
-        "SPAMPOTS_ASN_MMDB": str(generated.asn_mmdb),
-    }
+    environ, generated = generated_feeds({}, tmp_path)
     clean_url = f"sqlite:///{tmp_path}/clean.db"
     clean_env, _ = feed_store(environ, tmp_path, generated.spool, clean_url, "clean")
     publish(load_settings(clean_env))
