@@ -33,7 +33,7 @@ from feeds.sanitize import SampleScrubber, sanitize
 from feeds.selection import Sample, SourceActivity, UrlActivity
 from feeds.settings import Settings
 from feeds.signing import digest_of_canonical
-from feeds.store import metadata
+from feeds.store import driver_mark, metadata
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class BatchBuilder:
         hashes = [value_sha256(kind, value) for kind, value in wanted if kind]
         # Straight to the driver: SQLAlchemy's compiling of thousands of IN values per batch
         # cost more than the look-up.
-        mark = "?" if self.connection.dialect.paramstyle == "qmark" else "%s"
+        mark = driver_mark(self.connection)
         for start in range(0, len(hashes), _CHUNK):
             chunk = hashes[start : start + _CHUNK]
             query = (
@@ -449,7 +449,7 @@ class BatchBuilder:
                 changed.append((*values, self.collection.id, sha))
             else:
                 new.append((*values, self.collection.id, sha, state.observable_type, state.value))
-        mark = "?" if self.connection.dialect.paramstyle == "qmark" else "%s"
+        mark = driver_mark(self.connection)
         table = feed_indicators.name
         if new:
             columns = (*stored_columns, "collection_id", "value_sha256", "observable_type", "value")

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from feeds.store import bulk_insert_values, metadata
+from feeds.store import bulk_insert_values, driver_mark, metadata
 from taxii_server.errors import InvalidObject
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -277,7 +277,7 @@ def _load_versions(
     ids = sorted(object_ids)
     # Straight to the driver: SQLAlchemy's compiling of thousands of IN values per batch
     # cost more than the look-up.
-    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    mark = driver_mark(connection)
     for start in range(0, len(ids), _ID_CHUNK):
         chunk = ids[start : start + _ID_CHUNK]
         query = (
@@ -315,7 +315,7 @@ def _update_rows(
     driver: SQLAlchemy's per-row parameter processing cost more than the writing."""
     if not rows:
         return
-    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    mark = driver_mark(connection)
     assignments = ", ".join(f"{name} = {mark}" for name in columns)
     connection.exec_driver_sql(
         f"UPDATE {taxii_objects.name} SET {assignments} WHERE row_id = {mark}",  # noqa: S608

@@ -144,14 +144,19 @@ def bulk_insert_values(
     if not values:
         return
     names = ", ".join(columns)
+    marks = ", ".join([driver_mark(connection)] * len(columns))
     if connection.dialect.name == "sqlite":
         verb = "INSERT OR IGNORE" if ignore else "INSERT"
-        sql = f"{verb} INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
+        sql = f"{verb} INTO {table.name} ({names}) VALUES ({marks})"
     else:
         tail = " ON CONFLICT DO NOTHING" if ignore else ""
-        marks = ", ".join(["%s"] * len(columns))
         sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}){tail}"  # noqa: S608
     connection.exec_driver_sql(sql, values)
+
+
+def driver_mark(connection: Connection) -> str:
+    """The driver's parameter mark, for SQL sent straight to it (exec_driver_sql)."""
+    return "?" if connection.dialect.paramstyle == "qmark" else "%s"
 
 
 def sqlite_value(value: Any) -> Any:
