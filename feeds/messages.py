@@ -20,9 +20,11 @@ import email.header
 import email.parser
 import functools
 import html
+import quopri
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from email._encoded_words import decode_b  # type: ignore[import-not-found]  # get_payload's own
 from email.message import Message
 from email.policy import compat32
 from typing import Any
@@ -31,6 +33,7 @@ from urllib.parse import urlsplit
 from publicsuffixlist import PublicSuffixList
 
 from feeds.mimeparse import message_from_bytes
+from feeds.mimescan import ScannedPart, Unusual, scan_parts
 
 MAX_TEXT_SCANNED = 1 << 20  # characters of one decoded part searched for URLs
 MAX_URLS = 200  # per message: a list page of a million links is not a million indicators
@@ -77,7 +80,25 @@ class ParsedMessage:
 
 
 def parse_message(raw: bytes, limits: MessageLimits = DEFAULT_LIMITS) -> ParsedMessage:
-    """The essentials of ``raw``, within ``limits``; never raises on malformed content."""
+    """The essentials of ``raw``, within ``limits``; never raises on malformed content.
+
+    Well-formed messages are read by feeds.mimescan; anything it leaves, and any part whose
+    decoding needs compat32's own rules, goes through the compat32 parser.
+    """
+    if len(raw) <= limits.max_message_bytes:
+        scanned = scan_parts(raw, _READ, max_parts=limits.max_parts, max_depth=limits.max_depth)
+        if scanned is not None:
+            try:
+                return _essentials(
+                    ((p.headers, p, 0) for p in scanned), scanned[0].headers, limits, {}
+                )
+            except Unusual:
+                pass
+    return parse_message_compat32(raw, limits)
+
+
+def parse_message_compat32(raw: bytes, limits: MessageLimits = DEFAULT_LIMITS) -> ParsedMessage:
+    """:func:`parse_message` through the compat32 parser alone, whatever the message."""
     reached: dict[str, None] = {}
     if len(raw) > limits.max_message_bytes:
         raw = raw[: limits.max_message_bytes]
@@ -87,15 +108,27 @@ def parse_message(raw: bytes, limits: MessageLimits = DEFAULT_LIMITS) -> ParsedM
     except RecursionError:  # the stdlib parser recurses once per nested multipart
         message = email.parser.BytesHeaderParser(policy=compat32).parsebytes(raw)
         reached["depth"] = None
+    top = _first_headers(message)
+    parts = (
+        (top if part is message else _first_headers(part), part, len(part.defects))
+        for part in _walk(message, limits, reached)
+    )
+    return _essentials(parts, top, limits, reached)
+
+
+_Part = tuple[dict[str, Any], Message | ScannedPart, int]  # headers read, the part, its defects
+
+
+def _essentials(
+    parts: Iterable[_Part], top: dict[str, Any], limits: MessageLimits, reached: dict[str, None]
+) -> ParsedMessage:
     content_types: list[str] = []
     charsets: list[str] = []
     languages: list[str] = []
     urls: dict[str, None] = {}
-    defects = len(message.defects)
-    top = _first_headers(message)
-    for part in _walk(message, limits, reached):
-        headers = top if part is message else _first_headers(part)
-        defects += len(part.defects) if part is not message else 0
+    defects = 0
+    for headers, part, part_defects in parts:
+        defects += part_defects
         content_type = _safe_content_type(part, headers.get("content-type"))
         _add_unique(content_types, content_type)
         language = headers.get("content-language")
@@ -103,14 +136,18 @@ def parse_message(raw: bytes, limits: MessageLimits = DEFAULT_LIMITS) -> ParsedM
             for tag in clean_text(str(language)).split(","):
                 if tag.strip():
                     _add_unique(languages, tag.strip().lower()[:35])
-        if part.is_multipart():
+        if _is_multipart(part):
             continue
         charset = _safe_charset(part, headers.get("content-type"))
         if charset:
             _add_unique(charsets, charset)
         if content_type.startswith("text/") and len(urls) < MAX_URLS:
             encoding = headers.get("content-transfer-encoding", "")
-            text = _decoded_text(part, encoding, charset, limits.max_part_decoded_bytes, reached)
+            limit = limits.max_part_decoded_bytes
+            if isinstance(part, Message):
+                text = _decoded_text(part, encoding, charset, limit, reached)
+            else:
+                text = _scanned_text(part, encoding, charset, limit)
             for url in extract_urls(text, is_html=content_type == "text/html"):
                 urls.setdefault(url, None)
     return ParsedMessage(
@@ -125,6 +162,10 @@ def parse_message(raw: bytes, limits: MessageLimits = DEFAULT_LIMITS) -> ParsedM
         defects=defects + len(reached),
         limits=tuple(reached),
     )
+
+
+def _is_multipart(part: Message | ScannedPart) -> bool:
+    return part.is_multipart() if isinstance(part, Message) else part.multipart
 
 
 def _walk(message: Message, limits: MessageLimits, reached: dict[str, None]) -> Iterator[Message]:
@@ -168,14 +209,32 @@ def extract_urls(text: str, *, is_html: bool = False) -> list[str]:
     return found
 
 
+# An ASCII URL whose netloc urlsplit() finds without any of its special cases (characters it
+# strips or removes, brackets): group 1 is that netloc.
+_PLAIN_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#\t\r\n\[\]]*)[^\t\r\n\[\]]*\Z")
+
+
 @functools.lru_cache(maxsize=100_000)
 def url_host(url: str) -> str | None:
     """The host of ``url``, lowercased, or None when it has none or cannot be split."""
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return None
+    plain = _PLAIN_URL.match(url) if url.isascii() else None
+    if plain:
+        host = _hostname(plain.group(1))
+    else:
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            return None
     return host.rstrip(".") or None if host else None
+
+
+def _hostname(netloc: str) -> str | None:
+    """``SplitResult.hostname`` of a netloc without brackets."""
+    hostname = netloc.rpartition("@")[2].partition(":")[0]
+    if not hostname:
+        return None
+    name, percent, zone = hostname.partition("%")
+    return name.lower() + percent + zone
 
 
 @functools.lru_cache(maxsize=1)
@@ -244,8 +303,10 @@ def _first_headers(part: Message) -> dict[str, Any]:
     return found
 
 
-def _safe_content_type(part: Message, header: Any) -> str:
+def _safe_content_type(part: Message | ScannedPart, header: Any) -> str:
     """``part.get_content_type()``, ``header`` being its Content-Type."""
+    if isinstance(part, ScannedPart):
+        return clean_text(part.content_type)[:100]
     if isinstance(header, str):  # as Message.get_content_type reads it
         content_type = header.partition(";")[0].strip().lower()
         return clean_text(content_type if content_type.count("/") == 1 else "text/plain")[:100]
@@ -255,12 +316,13 @@ def _safe_content_type(part: Message, header: Any) -> str:
         return "text/plain"
 
 
-def _safe_charset(part: Message, header: Any) -> str | None:
+def _safe_charset(part: Message | ScannedPart, header: Any) -> str | None:
     """``part.get_content_charset()``, ``header`` being its Content-Type."""
     if header is None:
         return None
     if isinstance(header, str):
         return _charset_of(header)
+    assert isinstance(part, Message)  # a scanned part's headers are all text
     return _charset_from(part)
 
 
@@ -295,7 +357,10 @@ def _codec_for(charset: str | None) -> str:
 def _decoded_text(
     part: Message, encoding_header: Any, charset: str | None, limit: int, reached: dict[str, None]
 ) -> str:
-    encoded = part.get_payload()
+    try:
+        encoded = part.get_payload()
+    except Exception:  # an 8-bit body whose charset is an RFC 2231 tuple: a TypeError
+        encoded = None
     if isinstance(encoded, str):
         # Cut before decoding: base64 takes 4/3 of its output plus line breaks, QP up to 3x.
         encoding = str(encoding_header).strip().lower()
@@ -311,15 +376,39 @@ def _decoded_text(
     except Exception:
         payload = None
     if not isinstance(payload, bytes):
-        raw = part.get_payload()
-        return raw[:limit] if isinstance(raw, str) else ""
+        return encoded[:limit] if isinstance(encoded, str) else ""
     if len(payload) > limit:
         payload = payload[:limit]
         reached["decoded"] = None
+    return _text(payload, charset)
+
+
+def _text(payload: bytes, charset: str | None) -> str:
     try:
         return payload.decode(_codec_for(charset), "replace")
     except Exception:  # some codecs raise other errors than UnicodeDecodeError
         return payload.decode("latin-1")
+
+
+_UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+
+
+def _scanned_text(part: ScannedPart, encoding_header: str, charset: str | None, limit: int) -> str:
+    """:func:`_decoded_text` of a scanned part: what ``get_payload(decode=True)`` gives.
+
+    A part that would need cutting (a text part of more than ``limit``/4 bytes: no codec
+    yields four characters a byte) or uudecoding raises Unusual: compat32 decides those.
+    """
+    encoding = encoding_header.lower()  # as get_payload reads it: not stripped
+    if len(part.body) > limit // 4 or encoding in _UUENCODE:
+        raise Unusual
+    if encoding == "quoted-printable":
+        payload = quopri.decodestring(part.body)
+    elif encoding == "base64":
+        payload = decode_b(b"".join(part.body.splitlines()))[0]
+    else:
+        payload = part.body
+    return _text(payload, charset)
 
 
 def _header(value: Any) -> str | None:
