@@ -20,6 +20,7 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import multiprocessing.util
 import sqlite3
@@ -173,6 +174,12 @@ def _one_line(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ")
 
 
+@functools.lru_cache(maxsize=65536)
+def _stored_domain(domain: str) -> str:
+    """A recipient domain as stored (recipients of one message share a few domains)."""
+    return _one_line(clean_text(domain))[:255]
+
+
 def _session_row(record: SessionRecord, line: int) -> dict[str, Any]:
     assert _state is not None
     answer = _state.enricher.lookup(record.src_ip)
@@ -230,7 +237,7 @@ def _message_row(
     dst_host = record.dst_host.lower().rstrip(".") if record.dst_host else None
     domains: dict[str, int] = {}
     for address in record.rcpt_to:
-        domain = _one_line(clean_text(recipient_domain(address)))[:255]
+        domain = _stored_domain(recipient_domain(address))
         if domain:
             domains[domain] = domains.get(domain, 0) + 1
     found_urls = []

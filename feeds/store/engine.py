@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import operator
 import sqlite3
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -126,9 +127,8 @@ def bulk_insert(
             rows = [{**row, **{c: sqlite_value(row[c]) for c in convert}} for row in rows]
     elif table.name in PARTITIONED:
         ensure_weeks(connection, table.name, {row["ts"] for row in rows})
-    bulk_insert_values(
-        connection, table, columns, [tuple(row[c] for c in columns) for row in rows], ignore=ignore
-    )
+    as_tuple = operator.itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+    bulk_insert_values(connection, table, columns, list(map(as_tuple, rows)), ignore=ignore)
 
 
 def bulk_insert_values(
