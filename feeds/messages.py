@@ -255,6 +255,7 @@ def registrable_domain(host: str) -> str:
     return str(private) if private else host
 
 
+@functools.lru_cache(maxsize=65536)  # recipient domains and servers recur all day
 def domain_key(domain: str) -> str:
     """A sortable key for "at or under this domain" range queries.
 
