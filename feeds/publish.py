@@ -108,7 +108,7 @@ def plan_units(
                 seen.add(value_sha256(stix.address_type(source.address), source.address))
                 units.append(Unit(f"1|{source.ip_key}", source, 6 if source.asn else 5))
         if "urls" in partner.share:
-            for found in spam_urls(connection, condition):
+            for found in spam_urls(connection, condition, after, upto):
                 seen.add(value_sha256("url", stix.uri(found.url)))
                 units.append(Unit(f"2|{found.sha256}", found, 2))
         if "samples" in partner.share:

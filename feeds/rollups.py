@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from feeds.partners import Partner, PartnersConfig
-from feeds.selection import message_condition
+from feeds.selection import message_condition, with_url_links
 from feeds.store import as_utc, metadata, write_transaction
 from feeds.store.captures import message_urls, messages, sessions
 
@@ -366,7 +366,7 @@ def _sum_messages(
         latest=("last_seen", "src_asn", "src_as_name", "src_cc"),
     )
     u = message_urls.c
-    joined = message_urls.join(messages, u.message_id == m.id)
+    joined = with_url_links(low, high)
     per_url = connection.execute(
         sa.select(week, u.url_id, sa.func.count())
         .select_from(joined)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -82,6 +83,8 @@ def returning(partner: Partner, after: int, upto: int) -> sa.ColumnElement[bool]
         parts.append(under_domain(m.dst_host_rev, domain))
     if partner.networks.domains:
         d = message_domains.c
+        # Materialised: PostgreSQL would otherwise run the subquery again in every partition
+        # of messages (ten weeks of history: 680,000 page reads for one partner-day).
         aimed = (
             sa.select(d.message_id)
             .where(
@@ -91,9 +94,10 @@ def returning(partner: Partner, after: int, upto: int) -> sa.ColumnElement[bool]
                     *(under_domain(d.domain_rev, domain) for domain in partner.networks.domains)
                 ),
             )
-            .scalar_subquery()
+            .cte("aimed")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
         )
-        parts.append(m.id.in_(aimed))
+        parts.append(m.id.in_(sa.select(aimed.c.message_id)))
     return sa.or_(*parts)
 
 
@@ -128,18 +132,36 @@ def sources(connection: Connection, condition: sa.ColumnElement[bool]) -> list[S
     ]
 
 
-def spam_urls(connection: Connection, condition: sa.ColumnElement[bool]) -> list[UrlActivity]:
+def with_url_links(after: int, upto: int) -> sa.Join:
+    """messages joined to their URL links, the links read within the same id window.
+
+    PostgreSQL carries no range across a join's equality: without its own bounds the links
+    table is read whole, all of history, for one window of messages."""
+    mu = message_urls.c
+    return messages.join(
+        message_urls,
+        sa.and_(mu.message_id == messages.c.id, mu.message_id > after, mu.message_id <= upto),
+    )
+
+
+def spam_urls(
+    connection: Connection, condition: sa.ColumnElement[bool], after: int, upto: int
+) -> list[UrlActivity]:
+    """The URLs of the messages (``after``, ``upto``] that ``condition`` selects."""
+    return [
+        UrlActivity(*row) for row in connection.execute(spam_urls_query(condition, after, upto))
+    ]
+
+
+def spam_urls_query(condition: sa.ColumnElement[bool], after: int, upto: int) -> sa.Select[Any]:
     m, mu, u = messages.c, message_urls.c, urls.c
-    rows = connection.execute(
+    return (
         sa.select(u.url, u.sha256, sa.func.min(m.ts), sa.func.max(m.ts), sa.func.count())
-        .select_from(
-            messages.join(message_urls, mu.message_id == m.id).join(urls, u.id == mu.url_id)
-        )
+        .select_from(with_url_links(after, upto).join(urls, u.id == mu.url_id))
         .where(condition)
         .group_by(u.id, u.url, u.sha256)
         .order_by(u.sha256)
     )
-    return [UrlActivity(*row) for row in rows]
 
 
 def samples(connection: Connection, condition: sa.ColumnElement[bool], limit: int) -> list[Sample]:

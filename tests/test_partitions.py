@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from ingest_helpers import GeneratedHome
 from conftest import REPO
 from feeds.home import open_store
 from feeds.partners import load_partners
-from feeds.selection import message_condition
+from feeds.selection import message_condition, spam_urls_query
 from feeds.settings import Settings
 from feeds.store import bulk_insert, connect, migrate, write_transaction
 from feeds.store.captures import message_domains, messages, sessions
@@ -112,14 +113,32 @@ def test_the_returning_selection_reads_the_domains_of_its_window_only(
     with engine.connect() as connection:
         ids = sorted(connection.execute(sa.select(messages.c.id)).scalars())
         after, upto = ids[len(ids) // 2], ids[len(ids) // 2 + 50]
-        query = sa.select(sa.func.count()).where(
-            message_condition(twcert, "returning", after, upto)
-        )
-        compiled = query.compile(connection, compile_kwargs={"literal_binds": True})
+        condition = message_condition(twcert, "returning", after, upto)
         # Sequential scans off: the small test tables would otherwise be read whole either way.
         connection.exec_driver_sql("SET enable_seqscan = off")
-        plan = "\n".join(connection.exec_driver_sql(f"EXPLAIN {compiled}").scalars())
-    domain_reads = [line for line in plan.splitlines() if " on message_domains" in line]
-    assert domain_reads, plan
-    # By message id within the window: never a domain's whole history.
-    assert all("message_domains_pkey" in line for line in domain_reads), plan
+        plans = [
+            plan_of(connection, query)
+            for query in (
+                sa.select(sa.func.count()).where(condition),
+                spam_urls_query(condition, after, upto),
+            )
+        ]
+    for plan in plans:
+        domain_reads = [line for line in plan.splitlines() if " on message_domains" in line]
+        assert domain_reads, plan
+        # By message id within the window: never a domain's whole history.
+        assert all("message_domains_pkey" in line for line in domain_reads), plan
+        # Read once into a CTE, not again in each week's partition of messages.
+        assert "CTE Scan on aimed" in plan, plan
+    # The URL links too are read by message id within the window, not all of them.
+    lines = plans[1].splitlines()
+    link_reads = [i for i, line in enumerate(lines) if " on message_urls" in line]
+    assert link_reads, plans[1]
+    for at in link_reads:
+        assert "message_urls_pkey" in lines[at], plans[1]
+        assert f"message_id > {after}" in lines[at + 1], plans[1]
+
+
+def plan_of(connection: sa.Connection, query: sa.Select[Any]) -> str:
+    compiled = query.compile(connection, compile_kwargs={"literal_binds": True})
+    return "\n".join(connection.exec_driver_sql(f"EXPLAIN {compiled}").scalars())
