@@ -118,9 +118,9 @@ def test_plain_boundaries_and_urls_are_read_as_the_stdlib_reads_them() -> None:
         'multipart/mixed; boundary="<abc>"',
         "multipart/related; type=text/html; boundary=x",
     ]
-    for _ in range(5000):
-        tail = "".join(rng.choice("ab \t\"=;<>\\'()+_,./:?-") for _ in range(rng.randrange(8)))
-        content_types.append(rng.choice(["multipart/mixed; boundary=", "a/b ;Boundary= "]) + tail)
+    content_types += random_texts(
+        rng, ["multipart/mixed; boundary=", "a/b ;Boundary= "], "ab \t\"=;<>\\'()+_,./:?-", 8
+    )
     for value in content_types:
         alone = Message()
         alone["Content-Type"] = value
@@ -132,12 +132,18 @@ def test_plain_boundaries_and_urls_are_read_as_the_stdlib_reads_them() -> None:
         "http://[::1]/",
         "http://é.jp/",
     ]
-    for _ in range(5000):
-        tail = "".join(rng.choice("aZ09.-:@%/?#[]\t\n +é") for _ in range(rng.randrange(14)))
-        urls.append(rng.choice(["http://", "HTTPS://", "h:"]) + tail)
+    urls += random_texts(rng, ["http://", "HTTPS://", "h:"], "aZ09.-:@%/?#[]\t\n +é", 14)
     for url in urls:
         try:
             host = urlsplit(url).hostname
         except ValueError:
             host = None
         assert url_host(url) == ((host.rstrip(".") or None) if host else None), url
+
+
+def random_texts(rng: random.Random, starts: list[str], alphabet: str, longest: int) -> list[str]:
+    """5,000 strings: one of ``starts``, then up to ``longest`` characters of ``alphabet``."""
+    return [
+        rng.choice(starts) + "".join(rng.choice(alphabet) for _ in range(rng.randrange(longest)))
+        for _ in range(5000)
+    ]
