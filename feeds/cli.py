@@ -492,9 +492,19 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _kid_as_argument(argv: list[str]) -> list[str]:
+    """A kid is a base64url thumbprint: one in 64 begins with "-", which argparse would take
+    for an option ("the following arguments are required: kid"). After ``keys revoke`` the
+    last word is the kid whatever it begins with."""
+    kid = argv[-1] if argv[-3:-1] == ["keys", "revoke"] else ""
+    if kid.startswith("-") and kid not in ("-h", "--help"):
+        return [*argv[:-1], "--", kid]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_kid_as_argument(list(sys.argv[1:] if argv is None else argv)))
     try:
         settings = load_settings(
             home=args.home,

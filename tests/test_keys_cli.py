@@ -54,3 +54,6 @@ def test_a_revoked_key_leaves_the_jwks(initialised: Settings, run_cli: Run) -> N
     assert first not in kids and len(kids) == 1
     code, _, err = run_cli("keys", "revoke", "no-such-kid")
     assert code == 1 and "no signing key no-such-kid" in err
+    # One kid in 64 begins with "-": still a kid, not an option.
+    code, _, err = run_cli("keys", "revoke", "-AbC_no-such-kid")
+    assert code == 1 and "no signing key -AbC_no-such-kid" in err
