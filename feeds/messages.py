@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from publicsuffixlist import PublicSuffixList
 
 from feeds.mimeparse import message_from_bytes
-from feeds.mimescan import ScannedPart, Unusual, scan_parts
+from feeds.mimescan import ScannedPart, Unusual, content_type_of, scan_parts
 
 MAX_TEXT_SCANNED = 1 << 20  # characters of one decoded part searched for URLs
 MAX_URLS = 200  # per message: a list page of a million links is not a million indicators
@@ -308,9 +308,8 @@ def _safe_content_type(part: Message | ScannedPart, header: Any) -> str:
     """``part.get_content_type()``, ``header`` being its Content-Type."""
     if isinstance(part, ScannedPart):
         return clean_text(part.content_type)[:100]
-    if isinstance(header, str):  # as Message.get_content_type reads it
-        content_type = header.partition(";")[0].strip().lower()
-        return clean_text(content_type if content_type.count("/") == 1 else "text/plain")[:100]
+    if isinstance(header, str):
+        return clean_text(content_type_of(header))[:100]
     try:
         return clean_text(part.get_content_type())[:100]
     except Exception:  # a header the parser kept as an object it cannot render

@@ -122,10 +122,7 @@ class _Scan:
         if value is not None:
             _keep(headers, name, value)
         header = headers.get("content-type")
-        if header is None:
-            return headers, "text/plain"
-        content_type = header.partition(";")[0].strip().lower()
-        return headers, content_type if content_type.count("/") == 1 else "text/plain"
+        return headers, "text/plain" if header is None else content_type_of(header)
 
     def _multipart(self, part: ScannedPart, depth: int) -> None:
         boundary = _boundary(part.headers["content-type"])
@@ -181,6 +178,12 @@ class _Scan:
             return
         while self.pos < end and not self._at_separator(lines[self.pos]):
             self.pos += 1
+
+
+def content_type_of(header: str) -> str:
+    """``Message.get_content_type()`` of a part whose Content-Type is ``header``."""
+    content_type = header.partition(";")[0].strip().lower()
+    return content_type if content_type.count("/") == 1 else "text/plain"
 
 
 def _keep(headers: dict[str, str], name: bytes, lines: list[bytes]) -> None:
