@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from test_publish import partners_text
+from taxii_helpers import CHEAP
 
 from feeds.generator import Generated, generate
 from feeds.home import engine_for, init_home
@@ -99,10 +99,47 @@ def feed_store(
     return env, settings
 
 
-def generated_feeds(environ: dict[str, str], tmp: Path) -> tuple[dict[str, str], Generated]:
-    """150 generated messages of now for the partners of test_publish, with the generator's
-    .mmdb files: what the publish fault tests ingest into each store they compare."""
-    generated = generate(tmp / "spool", tmp / "mmdb", 150, seed=7, start=dt.datetime.now(dt.UTC))
+PASSWORDS = {"twcert": "twcert-secret-12", "jpcert": "jpcert-secret-12"}
+
+
+def partners_text() -> str:
+    def account(name: str) -> str:
+        return f'{{username: {name}, password_hash: "{CHEAP.hash(PASSWORDS[name])}"}}'
+
+    return "\n".join(
+        [
+            "producer: {name: CERT.br, contact: cert@example.org}",
+            "sensors:",
+            "  br-isp1-home: {addresses: [192.0.2.10], hostnames: [proxy1.example.net]}",
+            "partners:",
+            "  twcert:",
+            "    name: TWCERT/CC",
+            "    economy: TW",
+            "    networks: {asns: [64500], prefixes: [198.51.100.0/26], domains: [tw]}",
+            "    share: [ips, urls, samples]",
+            f"    taxii: {account('twcert')}",
+            "  jpcert:",
+            "    name: JPCERT/CC",
+            "    economy: JP",
+            "    networks: {asns: [64501], prefixes: [198.51.100.64/26], domains: [jp]}",
+            "    share: [ips, urls]",
+            "    tlp: green",
+            f"    taxii: {account('jpcert')}",
+            "",
+        ]
+    )
+
+
+def generated_feeds(
+    environ: dict[str, str],
+    tmp: Path,
+    messages: int = 150,
+    start: dt.datetime | None = None,
+) -> tuple[dict[str, str], Generated]:
+    """Generated messages (by default 150 of now) for the partners of test_publish, with the
+    generator's .mmdb files: what test_publish and the publish fault tests ingest."""
+    start = start or dt.datetime.now(dt.UTC)
+    generated = generate(tmp / "spool", tmp / "mmdb", messages, seed=7, start=start)
     partners = tmp / "partners.yaml"
     partners.write_text(partners_text())
     environ = {

@@ -16,10 +16,9 @@ import pytest
 import sqlalchemy as sa
 from crash_helpers import Crasher, kill_gaps
 from digest_data import Dataset, make_captures, store_captures
-from publish_checks import collections, feed_store, generated_feeds, no_half_batch
+from publish_checks import PASSWORDS, collections, feed_store, generated_feeds, no_half_batch
 from smtp_sink import SmtpSink
 from taxii_helpers import running_server
-from test_publish import PASSWORDS
 
 from feeds.deliveries import deliveries
 from feeds.digest import parse_week

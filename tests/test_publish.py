@@ -20,12 +20,13 @@ import orjson
 import pytest
 import sqlalchemy as sa
 import stix2
+from publish_checks import PASSWORDS, generated_feeds
 from stix2validator import ValidationOptions, validate_instance
 from taxii2client.v21 import Server
-from taxii_helpers import CHEAP, RunningServer, running_server
+from taxii_helpers import RunningServer, running_server
 
 from feeds import publish as publish_module
-from feeds.generator import Generated, _plan_networks, generate
+from feeds.generator import Generated, _plan_networks
 from feeds.home import engine_for, init_home
 from feeds.ingest import ingest_run
 from feeds.publish import feed_batches, feed_watermarks, publish
@@ -33,36 +34,7 @@ from feeds.settings import Settings, load_settings
 from feeds.verify import VerifyError, verify_collection
 from taxii_server.objects import taxii_objects
 
-PASSWORDS = {"twcert": "twcert-secret-12", "jpcert": "jpcert-secret-12"}
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
-
-
-def partners_text() -> str:
-    def account(name: str) -> str:
-        return f'{{username: {name}, password_hash: "{CHEAP.hash(PASSWORDS[name])}"}}'
-
-    return "\n".join(
-        [
-            "producer: {name: CERT.br, contact: cert@example.org}",
-            "sensors:",
-            "  br-isp1-home: {addresses: [192.0.2.10], hostnames: [proxy1.example.net]}",
-            "partners:",
-            "  twcert:",
-            "    name: TWCERT/CC",
-            "    economy: TW",
-            "    networks: {asns: [64500], prefixes: [198.51.100.0/26], domains: [tw]}",
-            "    share: [ips, urls, samples]",
-            f"    taxii: {account('twcert')}",
-            "  jpcert:",
-            "    name: JPCERT/CC",
-            "    economy: JP",
-            "    networks: {asns: [64501], prefixes: [198.51.100.64/26], domains: [jp]}",
-            "    share: [ips, urls]",
-            "    tlp: green",
-            f"    taxii: {account('jpcert')}",
-            "",
-        ]
-    )
 
 
 @dataclass
@@ -81,17 +53,10 @@ class Feed:
 
 @pytest.fixture
 def feed(tmp_path: Path, environ: dict[str, str]) -> Feed:
-    generated = generate(
-        tmp_path / "spool", tmp_path / "mmdb", 300, seed=7, start=NOW - dt.timedelta(days=2)
-    )
-    partners = tmp_path / "partners.yaml"
-    partners.write_text(partners_text())
+    environ, generated = generated_feeds(environ, tmp_path, 300, start=NOW - dt.timedelta(days=2))
     env = {
         **environ,
-        "SPAMPOTS_PARTNERS": str(partners),
         "SPAMPOTS_SPOOL": str(generated.spool),
-        "SPAMPOTS_COUNTRY_MMDB": str(generated.country_mmdb),
-        "SPAMPOTS_ASN_MMDB": str(generated.asn_mmdb),
         "SPAMPOTS_BATCH_OBJECTS": "200",
         "SPAMPOTS_PUBLISH_COMMIT_OBJECTS": "200",  # one batch a transaction
         "SPAMPOTS_SAMPLES_PER_PUBLISH": "60",
