@@ -155,7 +155,9 @@ def main() -> None:
             f"workers={workers}: {rate:,.0f} messages/s end to end "
             f"({figures['seconds']:.1f} s wall, {figures['cpu']:.1f} s CPU, "
             f"{emails / figures['cpu']:,.0f} messages per CPU-second, "
-            f"{figures['accepted']:,} records accepted); peak RSS main "
+            f"{figures['accepted']:,} records accepted; the writer wrote "
+            f"{figures.get('written', 0) / emails / 1024:.1f} KB per message to disk); "
+            f"peak RSS main "
             f"{figures['rss_main']:.0f} MB, largest worker {figures['rss_worker']:.0f} MB; "
             f"ratio to the parse ceiling {rate / parse_rate:.2f} "
             f"(per CPU-second {emails / figures['cpu'] / state['ceiling']['per_cpu']:.2f}); "
@@ -182,13 +184,14 @@ def ingest_only(work: Path, workers: int) -> None:
     settings = load_settings(env)
     init_home(settings)
     run = ingest_run(settings, workers=workers)
-    cpu_before = _cpu()
+    cpu_before, written_before = _cpu(), _written()
     start = time.perf_counter()
     reports = run.run()
     elapsed = time.perf_counter() - start
     figures = {
         "seconds": elapsed,
         "cpu": _cpu() - cpu_before,
+        "written": _written() - written_before,
         "accepted": sum(r.accepted for r in reports),
         "rss_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
@@ -204,6 +207,17 @@ def _cpu() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _written() -> int:
+    """Bytes this process has had written to the disk (Linux; 0 where unknown)."""
+    try:
+        io = Path("/proc/self/io").read_text()
+    except OSError:
+        return 0
+    return next(
+        (int(line.split()[1]) for line in io.splitlines() if line.startswith("write_bytes")), 0
+    )
 
 
 if __name__ == "__main__":

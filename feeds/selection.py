@@ -111,8 +111,15 @@ def last_message_id(connection: Connection) -> int:
 
 
 def sources(connection: Connection, condition: sa.ColumnElement[bool]) -> list[SourceActivity]:
+    return [
+        SourceActivity(ip, key, int(asn) if asn is not None else None, name, first, last, count)
+        for ip, key, asn, name, first, last, count in connection.execute(sources_query(condition))
+    ]
+
+
+def sources_query(condition: sa.ColumnElement[bool]) -> sa.Select[Any]:
     m = messages.c
-    rows = connection.execute(
+    return (
         sa.select(
             m.src_ip,
             m.src_ip_key,
@@ -126,10 +133,6 @@ def sources(connection: Connection, condition: sa.ColumnElement[bool]) -> list[S
         .group_by(m.src_ip, m.src_ip_key)
         .order_by(m.src_ip_key)
     )
-    return [
-        SourceActivity(ip, key, int(asn) if asn is not None else None, name, first, last, count)
-        for ip, key, asn, name, first, last, count in rows
-    ]
 
 
 def with_url_links(after: int, upto: int) -> sa.Join:
@@ -168,6 +171,15 @@ def samples(connection: Connection, condition: sa.ColumnElement[bool], limit: in
     """The ``limit`` most frequent distinct messages, with one capture's details each."""
     if limit <= 0:
         return []
+    return [
+        Sample(sha, int(count), tuple(orjson.loads(rcpt)), subject, date, types or "")
+        for sha, count, rcpt, subject, date, types in connection.execute(
+            samples_query(condition, limit)
+        )
+    ]
+
+
+def samples_query(condition: sa.ColumnElement[bool], limit: int) -> sa.Select[Any]:
     m = messages.c
     counted = (
         sa.select(m.raw_sha256, sa.func.count().label("n"), sa.func.min(m.id).label("first_id"))
@@ -177,14 +189,10 @@ def samples(connection: Connection, condition: sa.ColumnElement[bool], limit: in
         .limit(limit)
         .subquery()
     )
-    rows = connection.execute(
+    return (
         sa.select(
             counted.c.raw_sha256, counted.c.n, m.rcpt_to, m.subject, m.header_date, m.content_types
         )
         .join_from(counted, messages, m.id == counted.c.first_id)
         .order_by(counted.c.raw_sha256)
     )
-    return [
-        Sample(sha, int(count), tuple(orjson.loads(rcpt)), subject, date, types or "")
-        for sha, count, rcpt, subject, date, types in rows
-    ]

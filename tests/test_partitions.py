@@ -1,4 +1,5 @@
-"""Captures by week on PostgreSQL: where rows land, what a time window reads, the migration."""
+"""Captures by week on PostgreSQL: where rows land, what a time window reads, the migration;
+and on both stores, that a publishing window reads its own messages and not their history."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ingest_helpers import GeneratedHome
 from conftest import REPO
 from feeds.home import open_store
 from feeds.partners import load_partners
-from feeds.selection import message_condition, spam_urls_query
+from feeds.selection import message_condition, samples_query, sources_query, spam_urls_query
 from feeds.settings import Settings
 from feeds.store import bulk_insert, connect, migrate, write_transaction
 from feeds.store.captures import message_domains, messages, sessions
@@ -139,6 +140,48 @@ def test_the_returning_selection_reads_the_domains_of_its_window_only(
         assert f"message_id > {after}" in lines[at + 1], plans[1]
 
 
+def test_every_selection_reads_the_messages_of_its_window_by_id(initialised: Settings) -> None:
+    engine = open_store(initialised)
+    dataset = Dataset()
+    start = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
+    make_captures(dataset, 1, start, start + dt.timedelta(weeks=6), 300)
+    store_captures(engine, dataset)
+    partners = load_partners(REPO / "partners.yaml").partners.values()
+    with engine.connect() as connection:
+        ids = sorted(connection.execute(sa.select(messages.c.id)).scalars())
+        after, upto = ids[len(ids) // 2], ids[len(ids) // 2 + 50]
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET enable_seqscan = off")
+        plans = {}
+        for partner in partners:
+            for feed in ("originating", "returning"):
+                condition = message_condition(partner, feed, after, upto)
+                queries = {
+                    "sources": sources_query(condition),
+                    "urls": spam_urls_query(condition, after, upto),
+                    "samples": samples_query(condition, 10),
+                }
+                for name, query in queries.items():
+                    plans[partner.id, feed, name] = plan_of(connection, query)
+    for what, plan in plans.items():
+        message_reads = [
+            line
+            for line in plan.splitlines()
+            if " messages " in f"{line} " or " on messages_" in line
+        ]
+        assert message_reads, (what, plan)
+        for line in message_reads:
+            # Never by an index of a selection key (country, AS, address, host): that reads
+            # the key's whole history and keeps the window's few rows.
+            if connection.dialect.name == "sqlite":
+                assert "USING INTEGER PRIMARY KEY" in line, (what, plan)
+            else:
+                assert "_pkey" in line, (what, plan)
+
+
 def plan_of(connection: sa.Connection, query: sa.Select[Any]) -> str:
     compiled = query.compile(connection, compile_kwargs={"literal_binds": True})
+    if connection.dialect.name == "sqlite":
+        rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")
+        return "\n".join(row[3] for row in rows)
     return "\n".join(connection.exec_driver_sql(f"EXPLAIN {compiled}").scalars())

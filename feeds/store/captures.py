@@ -1,9 +1,12 @@
 """What ingest keeps of the sensors' captures, and how later stages select from it.
 
 ``messages.id`` grows in ingest order and is never reused: it is the watermark a stage keeps
-("everything ingested after id N"). The ``*_ip_key`` and ``*_rev`` columns make "address in
-this network" and "domain at or under this one" index range queries (see
-:func:`in_network` and :func:`under_domain`).
+("everything ingested after id N"), and every stage reads captures by such a window (or, for
+stats and retention, by ``ts``), through the primary keys: the selection's own columns carry
+no index, which would only lead readers to all of history and cost ingest a random page write
+each (migration 0010). The ``*_ip_key`` and ``*_rev`` columns make "address in this network"
+and "domain at or under this one" plain range comparisons (see :func:`in_network` and
+:func:`under_domain`).
 
 On PostgreSQL ``sessions`` and ``messages`` are partitioned by week of ``ts``, their keys
 include ``ts`` and nothing can hold a foreign key to ``messages.id`` (see
@@ -120,7 +123,7 @@ def in_network(
     key_column: sa.ColumnElement[str],
     network: str | ipaddress.IPv4Network | ipaddress.IPv6Network,
 ) -> sa.ColumnElement[bool]:
-    """``messages.src_ip_key`` / ``dst_ip_key`` lies in ``network`` (an index range scan)."""
+    """``messages.src_ip_key`` / ``dst_ip_key`` lies in ``network``."""
     low, high = network_key_range(network)
     return sa.and_(key_column >= low, key_column <= high)
 
