@@ -474,8 +474,17 @@ class IngestRun:
         writer = _Writer(self.engine)
         reports = []
         with self._preparer() as prepare:
-            for path in batches:
-                reports.append(self._ingest_batch(path, writer, prepare))
+            # One stream of chunks over all the batches: the workers read and prepare the next
+            # batch's first chunks while this one's last are written, never waiting at its end.
+            for chunk, prepared in prepare(self._batch_chunks(batches)):
+                batch: _BatchInRun = chunk.tag
+                if prepared is not None:
+                    assert batch.batch_id is not None, "a batch's chunks come after its claim"
+                    self._write(writer, batch.batch_id, prepared)
+                    if self.on_chunk:
+                        self.on_chunk(batch.report.name, prepared.last_line)
+                else:
+                    reports.append(self._end_batch(batch))
         return reports
 
     def _preparer(self) -> Any:
@@ -491,30 +500,36 @@ class IngestRun:
         except ValueError:
             return str(path)
 
-    def _ingest_batch(self, path: Path, writer: _Writer, prepare: Any) -> BatchReport:
-        name = self._name(path)
-        report = BatchReport(name)
-        try:
-            digest = batch_digest(path)
-        except OSError as error:
-            report.status, report.error = "failed", f"cannot read the file: {error}"
-            return report
-        batch_id, status, lines_done = self._claim(name, digest)
-        if status == "done":
-            report.status = "already ingested"
-        else:
+    def _batch_chunks(self, paths: Iterable[Path]) -> Iterator[Chunk]:
+        """Each batch's chunks still to write, then a chunk without lines that ends it."""
+        for path in paths:
+            batch = _BatchInRun(path, BatchReport(self._name(path)))
             try:
-                for prepared in prepare(self._chunks(path, lines_done)):
-                    self._write(writer, batch_id, prepared)
-                    if self.on_chunk:
-                        self.on_chunk(name, prepared.last_line)
-            except BatchReadError as error:
-                report.status, report.error = "failed", str(error)
+                digest = batch_digest(path)
+            except OSError as error:
+                batch.report.status, batch.report.error = "failed", f"cannot read the file: {error}"
+                yield Chunk(None, 0, batch)
+                continue
+            batch.batch_id, status, lines_done = self._claim(batch.report.name, digest)
+            if status == "done":
+                batch.report.status = "already ingested"
             else:
-                self._finish(batch_id)
-        self._fill_counts(report, batch_id)
+                try:
+                    for lines, last in self._chunks(path, lines_done):
+                        yield Chunk(lines, last, batch)
+                except BatchReadError as error:
+                    batch.report.status, batch.report.error = "failed", str(error)
+            yield Chunk(None, 0, batch)
+
+    def _end_batch(self, batch: _BatchInRun) -> BatchReport:
+        report = batch.report
+        if batch.batch_id is None:
+            return report
+        if report.status == "ingested":
+            self._finish(batch.batch_id)
+        self._fill_counts(report, batch.batch_id)
         if report.status != "failed":
-            self._move_to_done(path)
+            self._move_to_done(batch.path)
         return report
 
     def _claim(self, name: str, digest: str) -> tuple[int, str, int]:
@@ -629,11 +644,31 @@ class IngestRun:
         path.replace(target)
 
 
+@dataclass
+class Chunk:
+    """Lines for a worker to prepare (``None``: nothing to prepare), with the caller's tag."""
+
+    lines: list[tuple[int, bytes]] | None
+    last_line: int
+    tag: Any = None
+
+
+@dataclass
+class _BatchInRun:
+    path: Path
+    report: BatchReport
+    batch_id: int | None = None
+
+
+Preparer = Callable[[Iterable[Chunk]], Iterator[tuple[Chunk, Prepared | None]]]
+
+
 class _InProcess:
-    def __enter__(
-        self,
-    ) -> Callable[[Iterable[tuple[list[tuple[int, bytes]], int]]], Iterator[Prepared]]:
-        return lambda chunks: (prepare_chunk(lines, last) for lines, last in chunks)
+    def __enter__(self) -> Preparer:
+        return lambda chunks: (
+            (chunk, None if chunk.lines is None else prepare_chunk(chunk.lines, chunk.last_line))
+            for chunk in chunks
+        )
 
     def __exit__(self, *exc: object) -> None:
         _close_worker()
@@ -646,22 +681,30 @@ class _Pool:
         self.workers = workers
         self.initargs = initargs
 
-    def __enter__(
-        self,
-    ) -> Callable[[Iterable[tuple[list[tuple[int, bytes]], int]]], Iterator[Prepared]]:
+    def __enter__(self) -> Preparer:
         self.executor = concurrent.futures.ProcessPoolExecutor(
             self.workers, initializer=_init_pool_worker, initargs=self.initargs
         )
         return self._prepare
 
-    def _prepare(self, chunks: Iterable[tuple[list[tuple[int, bytes]], int]]) -> Iterator[Prepared]:
-        pending: collections.deque[concurrent.futures.Future[Prepared]] = collections.deque()
-        for lines, last in chunks:
-            pending.append(self.executor.submit(prepare_chunk, lines, last))
-            if len(pending) >= 2 * self.workers:
-                yield pending.popleft().result()
+    def _prepare(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, Prepared | None]]:
+        pending: collections.deque[tuple[Chunk, concurrent.futures.Future[Prepared] | None]]
+        pending = collections.deque()
+        in_flight = 0
+        for chunk in chunks:
+            future = None
+            if chunk.lines is not None:
+                future = self.executor.submit(prepare_chunk, chunk.lines, chunk.last_line)
+                in_flight += 1
+            pending.append((chunk, future))
+            while in_flight >= 4 * self.workers:
+                done, future = pending.popleft()
+                if future is not None:
+                    in_flight -= 1
+                yield done, None if future is None else future.result()
         while pending:
-            yield pending.popleft().result()
+            done, future = pending.popleft()
+            yield done, None if future is None else future.result()
 
     def __exit__(self, *exc: object) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from feeds.batches import ingest_batches, quarantine
-from feeds.ingest import IngestRun, Prepared, _Writer
+from feeds.ingest import Chunk, IngestRun, Prepared, _Writer
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def retry_quarantined(run: IngestRun, ids: Sequence[int] = ()) -> RetryReport:
                 lines = [
                     (line, record.encode("utf-8", "surrogateescape")) for _, line, record in part
                 ]
-                for prepared in prepare([(lines, lines[-1][0])]):
+                for _, prepared in prepare([Chunk(lines, lines[-1][0])]):
+                    assert prepared is not None
                     _write_retry(writer, batch_id, part, prepared, report)
     return report
 

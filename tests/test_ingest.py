@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import shutil
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import orjson
 import sqlalchemy as sa
 from ingest_helpers import GeneratedHome
 
-from feeds.batches import ingest_batches, quarantine
+from feeds.batches import find_batches, ingest_batches, quarantine
 from feeds.enrich import enrichment_sources
 from feeds.home import open_store
 from feeds.ingest import ingest_run
@@ -169,6 +170,36 @@ def test_two_workers_store_the_same_as_one(generated: GeneratedHome, tmp_path: P
     with open_store(generated.settings).connect() as connection:
         ids = list(connection.execute(sa.select(messages.c.id).order_by(messages.c.id)).scalars())
     assert ids == list(range(1, len(ids) + 1))  # the watermark grows without gaps
+
+
+def test_a_batch_that_breaks_midway_among_others_keeps_its_good_part(
+    generated: GeneratedHome,
+) -> None:
+    """Workers read ahead into the next batches while a batch is written: a batch whose gzip
+    breaks partway still has the lines before the break stored, and the batches before and
+    after it are ingested whole, reported in order."""
+    incoming = Path(generated.settings.spool) / "incoming"
+    batches = sorted(incoming.rglob("*.jsonl"))
+    assert len(batches) >= 3
+    victim = batches[len(batches) // 2]
+    packed = gzip.compress(victim.read_bytes())
+    victim.unlink()
+    broken = victim.with_name(victim.name + ".gz")
+    broken.write_bytes(packed[: len(packed) * 2 // 3])
+    order = [path.relative_to(incoming).as_posix() for path in find_batches(incoming)]
+    run = ingest_run(generated.settings, workers=2)
+    run.chunk_lines = 7
+    reports = run.run()
+    assert [r.name for r in reports] == order
+    failed = [r for r in reports if r.status == "failed"]
+    assert [r.name for r in failed] == [broken.relative_to(incoming).as_posix()]
+    assert "cannot read on" in failed[0].error
+    assert failed[0].read >= 7  # the chunks before the break are in the store
+    assert all(r.status == "ingested" for r in reports if r is not failed[0])
+    assert sorted(incoming.rglob("*.jsonl*")) == [broken]  # the others moved to done/
+    with open_store(generated.settings).connect() as connection:
+        ids = list(connection.execute(sa.select(messages.c.id).order_by(messages.c.id)).scalars())
+    assert ids == list(range(1, len(ids) + 1))
 
 
 def test_a_broken_batch_file_is_reported_and_left(initialised: Any, run_cli: CLI) -> None:

@@ -78,6 +78,11 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=60000")
+    # Checkpoint every ~80 MB of log instead of SQLite's 4 MB, which a chunk of ingest fills:
+    # one checkpoint (and its two fsyncs) per ten chunks instead of one per chunk, and a page
+    # that several chunks touch is copied into the database once. Ingest into a store of a
+    # million messages: 16.6 s -> 14.3 s for the next 48,000 (bench/README.md).
+    cursor.execute("PRAGMA wal_autocheckpoint=20000")
     cursor.close()
 
 
