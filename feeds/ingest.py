@@ -52,6 +52,7 @@ from feeds.batches import (
 )
 from feeds.enrich import NO_ANSWER, Answer, Enricher, EnrichmentConfig, SourceIds, ip_key
 from feeds.errors import StoreError, UsageError
+from feeds.gc_pace import BULK_THRESHOLD, fewer_collections
 from feeds.messages import (
     DEFAULT_LIMITS,
     MessageLimits,
@@ -117,24 +118,8 @@ def _init_worker(
     _state = _WorkerState(Enricher(config), spool_raw, packs, collections.OrderedDict(), limits)
 
 
-# Ingest allocates millions of short-lived containers that reference counting frees at once;
-# the cycle collector's default pace (a pass every 700 allocations, more of the whole heap as it
-# grows) cost it ~7% of its CPU for nothing. Cycles still go, a little later.
-_INGEST_GC_THRESHOLD = (50_000, 50, 1000)
-
-
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
-    before = gc.get_threshold()
-    gc.set_threshold(*_INGEST_GC_THRESHOLD)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-
-
 def _init_pool_worker(*args: Any) -> None:
-    gc.set_threshold(*_INGEST_GC_THRESHOLD)  # the process does nothing else
+    gc.set_threshold(*BULK_THRESHOLD)  # the process does nothing else
     _init_worker(*args)
     assert _state is not None
     # A pool's worker ends through multiprocessing's exit handlers, not the interpreter's.
@@ -491,7 +476,7 @@ class IngestRun:
         batches = list(paths) if paths is not None else find_batches(self.spool / "incoming")
         writer = _Writer(self.engine)
         reports = []
-        with _fewer_collections(), self._preparer() as prepare:
+        with fewer_collections(), self._preparer() as prepare:
             # One stream of chunks over all the batches: the workers read and prepare the next
             # batch's first chunks while this one's last are written, never waiting at its end.
             for chunk, prepared in prepare(self._batch_chunks(batches)):

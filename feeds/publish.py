@@ -34,6 +34,7 @@ from feeds.batch import (
     value_sha256,
 )
 from feeds.errors import SigningKeyError, StoreError, UsageError
+from feeds.gc_pace import fewer_collections
 from feeds.keys import active_key, load_private_key
 from feeds.partners import Collection, Partner, PartnersConfig, load_partners
 from feeds.sanitize import SampleScrubber, scrubber_for
@@ -435,10 +436,11 @@ def publish(
     chosen: Iterable[Partner] = (
         [config.partners[partner_id]] if partner_id else config.partners.values()
     )
-    for partner in chosen:
-        for collection in partner.collections:
-            published = publish_collection(engine, context, partner, collection)
-            report.batches.extend(published)
-            if not published:
-                report.idle.append(collection.alias)
+    with fewer_collections():
+        for partner in chosen:
+            for collection in partner.collections:
+                published = publish_collection(engine, context, partner, collection)
+                report.batches.extend(published)
+                if not published:
+                    report.idle.append(collection.alias)
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import shutil
@@ -15,6 +16,7 @@ from ingest_helpers import GeneratedHome
 
 from feeds.batches import find_batches, ingest_batches, quarantine
 from feeds.enrich import enrichment_sources
+from feeds.gc_pace import BULK_THRESHOLD
 from feeds.home import open_store
 from feeds.ingest import ingest_run
 from feeds.messages import domain_key
@@ -200,6 +202,16 @@ def test_a_batch_that_breaks_midway_among_others_keeps_its_good_part(
     with open_store(generated.settings).connect() as connection:
         ids = list(connection.execute(sa.select(messages.c.id).order_by(messages.c.id)).scalars())
     assert ids == list(range(1, len(ids) + 1))
+
+
+def test_ingest_paces_the_cycle_collector_and_then_restores_it(generated: GeneratedHome) -> None:
+    before = gc.get_threshold()
+    during = []
+    run = ingest_run(generated.settings)
+    run.on_chunk = lambda name, line: during.append(gc.get_threshold())
+    run.run()
+    assert during and set(during) == {BULK_THRESHOLD}
+    assert gc.get_threshold() == before != BULK_THRESHOLD
 
 
 def test_a_broken_batch_file_is_reported_and_left(initialised: Any, run_cli: CLI) -> None:
