@@ -40,11 +40,7 @@ def test_ingested_captures_sit_in_the_partition_of_their_week(ingested: Generate
 
 @only_postgresql
 def test_a_time_window_reads_only_its_weeks(initialised: Settings) -> None:
-    engine = open_store(initialised)
-    dataset = Dataset()
-    start = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
-    make_captures(dataset, 1, start, start + dt.timedelta(weeks=6), 300)
-    store_captures(engine, dataset)
+    engine, dataset = six_weeks_stored(initialised)
     day = dt.datetime(2026, 9, 23, tzinfo=dt.UTC)
     window = sa.and_(messages.c.ts >= day, messages.c.ts < day + dt.timedelta(days=1))
     query = sa.select(sa.func.count()).select_from(messages).where(window)
@@ -104,11 +100,7 @@ def test_migrating_a_filled_store_keeps_its_rows_and_keys(settings: Settings) ->
 def test_the_returning_selection_reads_the_domains_of_its_window_only(
     initialised: Settings,
 ) -> None:
-    engine = open_store(initialised)
-    dataset = Dataset()
-    start = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
-    make_captures(dataset, 1, start, start + dt.timedelta(weeks=6), 300)
-    store_captures(engine, dataset)
+    engine, _ = six_weeks_stored(initialised)
     twcert = load_partners(REPO / "partners.yaml").partners["twcert"]
     assert twcert.networks.domains
     with engine.connect() as connection:
@@ -141,11 +133,7 @@ def test_the_returning_selection_reads_the_domains_of_its_window_only(
 
 
 def test_every_selection_reads_the_messages_of_its_window_by_id(initialised: Settings) -> None:
-    engine = open_store(initialised)
-    dataset = Dataset()
-    start = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
-    make_captures(dataset, 1, start, start + dt.timedelta(weeks=6), 300)
-    store_captures(engine, dataset)
+    engine, _ = six_weeks_stored(initialised)
     partners = load_partners(REPO / "partners.yaml").partners.values()
     with engine.connect() as connection:
         ids = sorted(connection.execute(sa.select(messages.c.id)).scalars())
@@ -177,6 +165,16 @@ def test_every_selection_reads_the_messages_of_its_window_by_id(initialised: Set
                 assert "USING INTEGER PRIMARY KEY" in line, (what, plan)
             else:
                 assert "_pkey" in line, (what, plan)
+
+
+def six_weeks_stored(settings: Settings) -> tuple[sa.Engine, Dataset]:
+    """The store of ``settings`` with six weeks of generated captures from 1 September 2026."""
+    engine = open_store(settings)
+    dataset = Dataset()
+    start = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
+    make_captures(dataset, 1, start, start + dt.timedelta(weeks=6), 300)
+    store_captures(engine, dataset)
+    return engine, dataset
 
 
 def plan_of(connection: sa.Connection, query: sa.Select[Any]) -> str:
