@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import re
 import sqlite3
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from feeds.errors import StoreError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHARDS = "0123456789abcdef"
+_LOCK_TIMEOUT = 60.0
 _SCHEMA = "CREATE TABLE IF NOT EXISTS raw (sha256 BLOB PRIMARY KEY, data BLOB NOT NULL)"
 
 
@@ -38,13 +40,31 @@ def legacy_path(raw_dir: Path, sha256: str) -> Path:
 def _open(path: Path, *, create: bool) -> sqlite3.Connection:
     mode = "rwc" if create else "rw"
     connection = sqlite3.connect(
-        f"{path.absolute().as_uri()}?mode={mode}", uri=True, timeout=60, isolation_level=None
+        f"{path.absolute().as_uri()}?mode={mode}",
+        uri=True,
+        timeout=_LOCK_TIMEOUT,
+        isolation_level=None,
     )
-    connection.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(connection)
     connection.execute("PRAGMA synchronous=NORMAL")
     if create:
         connection.execute(_SCHEMA)
     return connection
+
+
+def _switch_to_wal(connection: sqlite3.Connection) -> None:
+    # Two ingest workers may make the same new pack at once. Switching a database to WAL takes
+    # a lock that SQLite does not wait for, whatever the busy timeout ("database is locked" in
+    # about one such race in twenty); the other's switch ends in moments.
+    deadline = time.monotonic() + _LOCK_TIMEOUT
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 class RawPacks:
