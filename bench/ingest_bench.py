@@ -156,7 +156,7 @@ def main() -> None:
             f"({figures['seconds']:.1f} s wall, {figures['cpu']:.1f} s CPU, "
             f"{emails / figures['cpu']:,.0f} messages per CPU-second, "
             f"{figures['accepted']:,} records accepted; the writer wrote "
-            f"{figures.get('written', 0) / emails / 1024:.1f} KB per message to disk); "
+            f"{figures['written'] / emails / 1024:.1f} KB per message to disk); "
             f"peak RSS main "
             f"{figures['rss_main']:.0f} MB, largest worker {figures['rss_worker']:.0f} MB; "
             f"ratio to the parse ceiling {rate / parse_rate:.2f} "

@@ -695,22 +695,28 @@ class _Pool:
         pending = collections.deque()
         in_flight = 0
         for chunk in chunks:
-            future = None
-            if chunk.lines is not None:
-                future = self.executor.submit(prepare_chunk, chunk.lines, chunk.last_line)
-                in_flight += 1
-            pending.append((chunk, future))
+            if chunk.lines is None:
+                pending.append((chunk, None))
+                continue
+            pending.append(
+                (chunk, self.executor.submit(prepare_chunk, chunk.lines, chunk.last_line))
+            )
+            in_flight += 1
             while in_flight >= 4 * self.workers:
                 done, future = pending.popleft()
-                if future is not None:
-                    in_flight -= 1
-                yield done, None if future is None else future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, None if future is None else future.result()
+                in_flight -= future is not None
+                yield _outcome(done, future)
+        for done, future in pending:
+            yield _outcome(done, future)
 
     def __exit__(self, *exc: object) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _outcome(
+    chunk: Chunk, future: concurrent.futures.Future[Prepared] | None
+) -> tuple[Chunk, Prepared | None]:
+    return chunk, None if future is None else future.result()
 
 
 def _now() -> dt.datetime:
