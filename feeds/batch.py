@@ -1,4 +1,4 @@
-"""The objects of one publication batch, built in the batch's transaction.
+"""The objects of one publication batch, built before the transaction that stores them.
 
 A batch is made of units: a source address (its AS, the address, an observed-data, the
 indicator based on it and a sighting by the sensor network), a URL and its indicator, a
@@ -124,15 +124,72 @@ class PublishContext:
         return stix.timestamp(self.now)
 
 
+def shared_objects(
+    connection: Connection, context: PublishContext, partner: Partner
+) -> list[stix.StixObject]:
+    """What every batch of the partner carries: the producer and sensor-network identities,
+    the TLP marking and the extension definitions, each identity at the version its content
+    was first published with (recorded now if the content is new: call in a write
+    transaction)."""
+    producer = context.config.producer
+    sensors = len(context.config.sensors)
+    producer_id = stix.producer_identity_id(producer)
+
+    def versioned(
+        make: Callable[[str], stix.StixObject], first: str = stix.IDENTITY_CREATED
+    ) -> stix.StixObject:
+        """The object with the ``modified`` its content was first published with: a change
+        of content (a producer renamed) is a new version, never new bytes under a signed one."""
+        probe: stix.StixObject = make(first)
+        content = {k: v for k, v in probe.items() if k != "modified"}
+        content_sha = digest_of_canonical(stix.dumps(content))
+        t = feed_object_versions.c
+        known = connection.execute(
+            sa.select(t.modified).where(t.object_id == probe["id"], t.content_sha256 == content_sha)
+        ).scalar()
+        if known is not None:
+            return make(str(known))
+        latest = connection.execute(
+            sa.select(sa.func.max(t.modified)).where(t.object_id == probe["id"])
+        ).scalar()
+        modified = first if latest is None else _after(str(latest), context.issued)
+        connection.execute(
+            feed_object_versions.insert().values(
+                object_id=probe["id"], content_sha256=content_sha, modified=modified
+            )
+        )
+        return make(modified)
+
+    return [
+        versioned(lambda modified: stix.producer_identity(producer, modified)),
+        versioned(lambda modified: stix.sensor_network_identity(producer, sensors, modified)),
+        stix.tlp_marking(partner.tlp),
+        stix.tlp_extension_definition(),
+        versioned(
+            lambda modified: stix.signature_extension_definition(producer_id, modified),
+            first=stix.SIGNATURE_EXTENSION_CREATED,
+        ),
+    ]
+
+
+def _after(previous: str, wanted: str) -> str:
+    """``wanted``, or one millisecond after ``previous`` if that is not earlier."""
+    if wanted > previous:
+        return wanted
+    return stix.timestamp(stix.parse_timestamp(previous) + ONE_MS)
+
+
 @dataclass
 class BatchBuilder:
-    """Builds one batch's objects in the batch's transaction."""
+    """Builds one batch's objects from the indicator state committed before it; the caller
+    writes them, and :meth:`save_states`, in a transaction that first checks that nothing
+    else published the collection meanwhile."""
 
-    connection: Connection
     context: PublishContext
     partner: Partner
     collection: Collection
     scrubber: SampleScrubber
+    shared: Sequence[stix.StixObject]
     states: dict[str, IndicatorState] = field(default_factory=dict)
     objects: dict[tuple[str, str], stix.StixObject] = field(default_factory=dict)
     indicators: int = 0
@@ -150,9 +207,9 @@ class BatchBuilder:
     def add(self, obj: stix.StixObject) -> None:
         self.objects[(obj["id"], stix.version_of(obj))] = obj
 
-    def build(self, units: Sequence[Unit]) -> list[stix.StixObject]:
-        self._load_states(units)
-        for shared in self._shared_objects():
+    def build(self, connection: Connection, units: Sequence[Unit]) -> list[stix.StixObject]:
+        self._load_states(connection, units)
+        for shared in self.shared:
             self.add(shared)
         for unit in units:
             item = unit.item
@@ -166,57 +223,14 @@ class BatchBuilder:
                 self._expire(item)
         return list(self.objects.values())
 
-    # shared objects
-
-    def _shared_objects(self) -> list[stix.StixObject]:
-        producer = self.context.config.producer
-        sensors = len(self.context.config.sensors)
-        return [
-            self._versioned(lambda modified: stix.producer_identity(producer, modified)),
-            self._versioned(
-                lambda modified: stix.sensor_network_identity(producer, sensors, modified)
-            ),
-            stix.tlp_marking(self.partner.tlp),
-            stix.tlp_extension_definition(),
-            self._versioned(
-                lambda modified: stix.signature_extension_definition(self.producer_id, modified),
-                first=stix.SIGNATURE_EXTENSION_CREATED,
-            ),
-        ]
-
-    def _versioned(
-        self, make: Callable[[str], stix.StixObject], first: str = stix.IDENTITY_CREATED
-    ) -> stix.StixObject:
-        """The object with the ``modified`` its content was first published with: a change
-        of content (a producer renamed) is a new version, never new bytes under a signed one."""
-        probe: stix.StixObject = make(first)
-        content = {k: v for k, v in probe.items() if k != "modified"}
-        content_sha = digest_of_canonical(stix.dumps(content))
-        t = feed_object_versions.c
-        known = self.connection.execute(
-            sa.select(t.modified).where(t.object_id == probe["id"], t.content_sha256 == content_sha)
-        ).scalar()
-        if known is not None:
-            return make(str(known))
-        latest = self.connection.execute(
-            sa.select(sa.func.max(t.modified)).where(t.object_id == probe["id"])
-        ).scalar()
-        modified = first if latest is None else self._after(str(latest), self.context.issued)
-        self.connection.execute(
-            feed_object_versions.insert().values(
-                object_id=probe["id"], content_sha256=content_sha, modified=modified
-            )
-        )
-        return make(modified)
-
     # indicators
 
-    def _load_states(self, units: Sequence[Unit]) -> None:
+    def _load_states(self, connection: Connection, units: Sequence[Unit]) -> None:
         wanted = [self._value_key(unit.item) for unit in units]
         hashes = [value_sha256(kind, value) for kind, value in wanted if kind]
         # Straight to the driver: SQLAlchemy's compiling of thousands of IN values per batch
         # cost more than the look-up.
-        mark = driver_mark(self.connection)
+        mark = driver_mark(connection)
         for start in range(0, len(hashes), _CHUNK):
             chunk = hashes[start : start + _CHUNK]
             query = (
@@ -225,7 +239,7 @@ class BatchBuilder:
                 f"FROM {feed_indicators.name} WHERE collection_id = {mark} "
                 f"AND value_sha256 IN ({', '.join([mark] * len(chunk))})"
             )
-            for row in self.connection.exec_driver_sql(query, (self.collection.id, *chunk)):
+            for row in connection.exec_driver_sql(query, (self.collection.id, *chunk)):
                 sha, kind, value, generation, known_id, created, modified, since, until, gone = row
                 self.states[sha] = IndicatorState(
                     kind,
@@ -249,13 +263,6 @@ class BatchBuilder:
         if isinstance(item, ExpiredIndicator):
             return item.observable_type, item.value
         return "", ""
-
-    @staticmethod
-    def _after(previous: str, wanted: str) -> str:
-        """``wanted``, or one millisecond after ``previous`` if that is not earlier."""
-        if wanted > previous:
-            return wanted
-        return stix.timestamp(stix.parse_timestamp(previous) + ONE_MS)
 
     def _observe(
         self, kind: str, value: str, first_seen: dt.datetime, last_seen: dt.datetime
@@ -285,7 +292,7 @@ class BatchBuilder:
                 stored=state.stored if state else False,
             )
         else:
-            state.modified = self._after(state.modified, issued)
+            state.modified = _after(state.modified, issued)
             state.valid_until = max(state.valid_until, valid_until)
         self.states[sha] = state
         self.indicators += 1
@@ -396,7 +403,7 @@ class BatchBuilder:
         state = self.states.get(item.value_sha256)
         if state is None or state.expired:
             return
-        state.modified = self._after(state.modified, self.context.issued)
+        state.modified = _after(state.modified, self.context.issued)
         state.expired = True
         self.expired += 1
         version = stix.IndicatorVersion(
@@ -421,7 +428,7 @@ class BatchBuilder:
             )
         )
 
-    def save_states(self) -> None:
+    def save_states(self, connection: Connection) -> None:
         """Write the indicator state of the batch. Rows go to the driver's executemany as
         tuples: SQLAlchemy's per-row parameter processing cost more than the writing."""
         stored_columns = (
@@ -449,18 +456,18 @@ class BatchBuilder:
                 changed.append((*values, self.collection.id, sha))
             else:
                 new.append((*values, self.collection.id, sha, state.observable_type, state.value))
-        mark = driver_mark(self.connection)
+        mark = driver_mark(connection)
         table = feed_indicators.name
         if new:
             columns = (*stored_columns, "collection_id", "value_sha256", "observable_type", "value")
-            self.connection.exec_driver_sql(
+            connection.exec_driver_sql(
                 f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - fixed names
                 f"VALUES ({', '.join([mark] * len(columns))})",
                 new,
             )
         if changed:
             assignments = ", ".join(f"{name} = {mark}" for name in stored_columns)
-            self.connection.exec_driver_sql(
+            connection.exec_driver_sql(
                 f"UPDATE {table} SET {assignments} "  # noqa: S608 - fixed names
                 f"WHERE collection_id = {mark} AND value_sha256 = {mark}",
                 changed,

@@ -9,16 +9,30 @@ indicator state and the watermark are written in one transaction: killed mid-pub
 of that batch is visible; run again, the run resumes after the last committed batch, whose
 unit key the watermark keeps, and publishes every unit once. What a batch holds, and the
 indicator state behind stable ids, is :mod:`feeds.batch`.
+
+Batches are built, hashed, signed and planned (which rows to insert, rewrite or flag) from
+what the last commit left, before the write transaction; the transaction first checks that
+the collection's watermark and state are still what the building saw, so that its lock is
+held only for the writing. Collections are published side by side in ``publish_workers``
+processes: while one writes (SQLite takes one writer at a time), another builds.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
 import datetime as dt
+import gc
 import hashlib
+import multiprocessing
+import os
+import signal
+import sys
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -31,13 +45,14 @@ from feeds.batch import (
     Signer,
     Unit,
     feed_indicators,
+    shared_objects,
     value_sha256,
 )
-from feeds.errors import SigningKeyError, StoreError, UsageError
-from feeds.gc_pace import fewer_collections
-from feeds.keys import active_key, load_private_key
+from feeds.errors import SigningKeyError, SpampotsError, StoreError, UsageError
+from feeds.gc_pace import BULK_THRESHOLD, fewer_collections
+from feeds.keys import SigningKey, active_key, load_private_key
 from feeds.partners import Collection, Partner, PartnersConfig, load_partners
-from feeds.sanitize import SampleScrubber, scrubber_for
+from feeds.sanitize import scrubber_for
 from feeds.selection import (
     last_message_id,
     message_condition,
@@ -47,8 +62,16 @@ from feeds.selection import (
 )
 from feeds.settings import Settings
 from feeds.signing import build_manifest, digest_of_canonical, sign_manifest
-from feeds.store import metadata, write_transaction
-from taxii_server.objects import add_objects
+from feeds.store import metadata, restart_long_log, write_transaction
+from taxii_server.objects import (
+    Addition,
+    Described,
+    describe_own,
+    load_versions,
+    lock_collection,
+    plan_addition,
+    store_addition,
+)
 
 feed_watermarks = sa.Table(
     "feed_watermarks",
@@ -83,10 +106,16 @@ feed_batches = sa.Table(
 
 # SQLite's page cache while a publishing transaction writes (see write_transaction).
 _PAGE_CACHE_MIB = 256
+# The write-ahead log is started over when it is longer (see restart_long_log).
+_MOST_LOG_BYTES = 1 << 30
 
 
 class PublishConflict(StoreError):
     """Another publish run moved the collection's watermark while this one was running."""
+
+
+class PublishProcessDied(SpampotsError):
+    """A publishing process ended without an answer (see ``publish_workers``)."""
 
 
 def plan_units(
@@ -230,10 +259,15 @@ def _write_watermark(
 
 
 def publish_collection(
-    engine: Engine, context: PublishContext, partner: Partner, collection: Collection
+    engine: Engine,
+    context: PublishContext,
+    partner: Partner,
+    collection: Collection,
+    shared: Sequence[stix.StixObject],
 ) -> list[BatchSummary]:
     """Everything new for the collection, a slice of at most ``publish_slice_messages``
-    message ids at a time (a bounded memory whatever the backlog), expiries with the last."""
+    message ids at a time (a bounded memory whatever the backlog), expiries with the last.
+    ``shared``: the partner's :func:`~feeds.batch.shared_objects`."""
     with engine.connect() as connection:
         mark = _read_watermark(connection, collection.id, lock=False)
         newest = last_message_id(connection)
@@ -242,7 +276,9 @@ def publish_collection(
     while True:
         upto = mark.pending_upto or min(newest, mark.last_message_id + step)
         final = upto >= newest
-        published, mark = _publish_slice(engine, context, partner, collection, mark, upto, final)
+        published, mark = _publish_slice(
+            engine, context, partner, collection, shared, mark, upto, final
+        )
         summaries.extend(published)
         if final:
             return summaries
@@ -253,6 +289,7 @@ def _publish_slice(
     context: PublishContext,
     partner: Partner,
     collection: Collection,
+    shared: Sequence[stix.StixObject],
     mark: Watermark,
     upto: int,
     with_expiry: bool,
@@ -283,23 +320,31 @@ def _publish_slice(
     chunks = pack(units, capacity)
     published = 0
     for group in commit_groups(chunks, int(context.settings.publish_commit_objects)):
-        committed: list[BatchSummary] = []
+        # Built from the state the last commit left, outside the write transaction, so that
+        # another collection's publisher can write meanwhile; _check_unchanged then makes
+        # sure that state is still the collection's.
+        with engine.connect() as connection:
+            built = [
+                _build_batch(
+                    connection,
+                    BatchBuilder(context, partner, collection, scrubber, shared),
+                    chunk,
+                    upto,
+                    mark,
+                )
+                for chunk in group
+            ]
+            additions = _plan_additions(connection, collection, built)
         try:
             with write_transaction(engine, page_cache_mib=_PAGE_CACHE_MIB) as connection:
                 _check_unchanged(connection, collection, mark)
-                for chunk in group:
-                    committed.append(
-                        _publish_batch(
-                            connection,
-                            context,
-                            partner,
-                            collection,
-                            scrubber,
-                            chunk,
-                            mark.last_message_id,
-                            upto,
-                        )
-                    )
+                if lock_collection(connection, collection.id) != additions[0].expected:
+                    # A TAXII client added or deleted objects since: plan again under the lock.
+                    additions = _plan_additions(connection, collection, built)
+                for batch, addition in zip(built, additions, strict=True):
+                    store_addition(connection, addition)
+                    batch.builder.save_states(connection)
+                    connection.execute(feed_batches.insert().values(batch.row))
                 published += len(group)
                 last = published == len(chunks)
                 mark = done if last else Watermark(mark.last_message_id, upto, group[-1][-1].key)
@@ -312,7 +357,8 @@ def _publish_slice(
                 hint="let that run finish; the next run publishes what is left",
                 collection=collection.alias,
             ) from None
-        summaries.extend(committed)
+        summaries.extend(batch.summary for batch in built)
+        restart_long_log(engine, _MOST_LOG_BYTES)
     return summaries, mark
 
 
@@ -326,18 +372,23 @@ def _check_unchanged(connection: Connection, collection: Collection, expected: W
         )
 
 
-def _publish_batch(
-    connection: Connection,
-    context: PublishContext,
-    partner: Partner,
-    collection: Collection,
-    scrubber: SampleScrubber,
-    units: Sequence[Unit],
-    after: int,
-    upto: int,
-) -> BatchSummary:
-    builder = BatchBuilder(connection, context, partner, collection, scrubber)
-    objects = builder.build(units)
+@dataclass
+class BuiltBatch:
+    """A batch ready to store: its objects with their exact bytes, the report last."""
+
+    builder: BatchBuilder
+    objects: list[tuple[stix.StixObject, bytes]]
+    described: list[Described]
+    new_ids: set[str]  # made at random just now: no stored versions to look up
+    row: dict[str, object]
+    summary: BatchSummary
+
+
+def _build_batch(
+    connection: Connection, builder: BatchBuilder, units: Sequence[Unit], upto: int, mark: Watermark
+) -> BuiltBatch:
+    context, partner, collection = builder.context, builder.partner, builder.collection
+    objects = builder.build(connection, units)
     serialised = []
     rows = []
     for (object_id, version), obj in builder.objects.items():
@@ -364,37 +415,43 @@ def _publish_batch(
         manifest=manifest,
         jws=jws,
     )
-    report_body = stix.dumps(report)
-    made_at_random = {obj["id"] for obj, _ in serialised if obj["type"] in stix.RANDOM_ID_TYPES}
-    made_at_random.add(report["id"])
-    add_objects(
-        connection,
-        collection.id,
-        [*serialised, (report, report_body)],
-        own=True,
-        new_ids=made_at_random,
-    )
-    builder.save_states()
-    connection.execute(
-        feed_batches.insert().values(
-            batch_id=batch_id,
-            collection_id=collection.id,
-            partner_id=partner.id,
-            feed=collection.feed,
-            report_id=report["id"],
-            kid=signer.key.kid,
-            objects=len(objects) + 1,
-            indicators=builder.indicators,
-            expired=builder.expired,
-            after_message_id=after,
-            upto_message_id=upto,
-            issued=context.now,
-            manifest_sha256=hashlib.sha256(stix.dumps(manifest)).hexdigest(),
-        )
-    )
-    return BatchSummary(
+    serialised.append((report, stix.dumps(report)))
+    described = [describe_own(obj) for obj, _ in serialised]
+    made_at_random = {d.object_id for d in described if d.object_type in stix.RANDOM_ID_TYPES}
+    row = {
+        "batch_id": batch_id,
+        "collection_id": collection.id,
+        "partner_id": partner.id,
+        "feed": collection.feed,
+        "report_id": report["id"],
+        "kid": signer.key.kid,
+        "objects": len(objects) + 1,
+        "indicators": builder.indicators,
+        "expired": builder.expired,
+        "after_message_id": mark.last_message_id,
+        "upto_message_id": upto,
+        "issued": context.now,
+        "manifest_sha256": hashlib.sha256(stix.dumps(manifest)).hexdigest(),
+    }
+    summary = BatchSummary(
         collection.alias, batch_id, len(objects) + 1, builder.indicators, builder.expired
     )
+    return BuiltBatch(builder, serialised, described, made_at_random, row, summary)
+
+
+def _plan_additions(
+    connection: Connection, collection: Collection, built: Sequence[BuiltBatch]
+) -> list[Addition]:
+    """The writes that store the batches, one after the other, from the collection's versions
+    of their objects as ``connection`` sees them."""
+    adding = [
+        (what.object_id, what.version_us)
+        for batch in built
+        for what in batch.described
+        if what.object_id not in batch.new_ids
+    ]
+    versions = load_versions(connection, collection.id, adding)
+    return [plan_addition(versions, batch.objects, batch.described) for batch in built]
 
 
 def load_signer(engine: Engine, keys_dir: Path) -> Signer:
@@ -416,7 +473,9 @@ def publish(
     config: PartnersConfig | None = None,
 ) -> PublishReport:
     """Publish every collection (or one partner's) from its watermark; see the module doc.
-    ``config``: the partners file already loaded (the worker's), else it is read now."""
+    ``config``: the partners file already loaded (the worker's), else it is read now.
+    With ``publish_workers`` above one, collections are published side by side in that many
+    processes (each builds its batches while another writes)."""
     from feeds.home import open_store
 
     config = config or load_partners(settings.partners)
@@ -432,15 +491,109 @@ def publish(
         load_signer(engine, Path(settings.keys_dir)),
         now or dt.datetime.now(dt.UTC),
     )
-    report = PublishReport()
-    chosen: Iterable[Partner] = (
-        [config.partners[partner_id]] if partner_id else config.partners.values()
+    chosen: list[Partner] = (
+        [config.partners[partner_id]] if partner_id else list(config.partners.values())
     )
+    with write_transaction(engine) as connection:
+        shared = {partner.id: shared_objects(connection, context, partner) for partner in chosen}
+    work = [(partner, collection) for partner in chosen for collection in partner.collections]
+    workers = min(int(settings.publish_workers), len(work))
     with fewer_collections():
-        for partner in chosen:
-            for collection in partner.collections:
-                published = publish_collection(engine, context, partner, collection)
-                report.batches.extend(published)
-                if not published:
-                    report.idle.append(collection.alias)
+        if workers > 1:
+            results = _publish_in_processes(context, work, shared, workers)
+        else:
+            results = [
+                publish_collection(engine, context, partner, collection, shared[partner.id])
+                for partner, collection in work
+            ]
+    report = PublishReport()
+    for (_, collection), published in zip(work, results, strict=True):
+        report.batches.extend(published)
+        if not published:
+            report.idle.append(collection.alias)
     return report
+
+
+def _publish_in_processes(
+    context: PublishContext,
+    work: Sequence[tuple[Partner, Collection]],
+    shared: dict[str, list[stix.StixObject]],
+    workers: int,
+) -> list[list[BatchSummary]]:
+    # Spawned, not forked: a fork would inherit the parent's open SQLite connections.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_publisher,
+        initargs=(os.getpid(), context.settings, context.config, context.signer.key, context.now),
+    )
+    with pool:
+        futures = [
+            pool.submit(_publish_in_process, partner.id, collection.id, shared[partner.id])
+            for partner, collection in work
+        ]
+        try:
+            return [future.result() for future in futures]
+        except concurrent.futures.process.BrokenProcessPool:
+            raise PublishProcessDied(
+                "a publishing process ended abruptly (killed, or out of memory); the batches "
+                "it had not committed were rolled back",
+                hint="run publish again; if it recurs, see the system log and try "
+                "SPAMPOTS_PUBLISH_WORKERS=1",
+            ) from None
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+_publisher: tuple[Engine, PublishContext] | None = None
+
+
+def _start_publisher(
+    parent: int, settings: Settings, config: PartnersConfig, key: SigningKey, now: dt.datetime
+) -> None:
+    from feeds.home import open_store
+
+    global _publisher
+    _die_with_parent(parent)
+    gc.set_threshold(*BULK_THRESHOLD)  # the process does nothing else
+    signer = Signer(key, load_private_key(Path(settings.keys_dir), key.kid))
+    engine = open_store(settings)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _publishing_pragmas)
+        engine.dispose()  # the check's connection, opened before the pragmas were set
+    _publisher = (engine, PublishContext(settings, config, signer, now))
+
+
+def _publishing_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """A publishing process's connections keep the page cache a publishing transaction uses
+    (setting it back after every transaction freed it page by page, ~4% of the CPU), and
+    checkpoint every ~800 MB of log rather than every 80 MB: the collections' indexes are
+    written all over, and a page several transactions touch is then copied into the
+    database once (bench/README.md)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_MIB * 1024}")
+    cursor.execute("PRAGMA wal_autocheckpoint=200000")
+    cursor.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    """A publishing process killed with its parent (kill -9 of the publish run) rolls back
+    instead of publishing on, unseen, beside the next run. Linux only; elsewhere a no-op."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(1)
+
+
+def _publish_in_process(
+    partner_id: str, collection_id: str, shared: list[stix.StixObject]
+) -> list[BatchSummary]:
+    assert _publisher is not None, "_start_publisher runs first"
+    engine, context = _publisher
+    partner = context.config.partners[partner_id]
+    collection = next(c for c in partner.collections if c.id == collection_id)
+    return publish_collection(engine, context, partner, collection, shared)

@@ -258,6 +258,14 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_int(10, 10_000_000),
     ),
     Setting(
+        "publish_workers",
+        "2",
+        "processes that publish collections side by side: each builds, hashes and signs its "
+        "batches while another writes (the store takes one writer at a time)",
+        "1-64",
+        _parse_int(1, 64),
+    ),
+    Setting(
         "indicator_expiry_days",
         "30",
         "days an indicator stays valid without new sightings",
@@ -376,6 +384,11 @@ class Settings:
             return self._values[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __reduce__(self) -> tuple[type[Settings], tuple[dict[str, Any], dict[str, str]]]:
+        # Sent to worker processes; without this, unpickling would ask __getattr__ for
+        # attributes before _values exists.
+        return Settings, (self._values, self._sources)
 
     def source(self, name: str) -> str:
         return self._sources[name]

@@ -162,15 +162,15 @@ def describe(obj: Any) -> Described:
 
 @dataclass
 class _Version:
-    """One version of an object as it will be after the batch: stored, changed, or new."""
+    """One version of an object as it will be after the addition: stored, changed, or new."""
 
     date_added_us: int
     version: str
     version_us: int
     spec_version: str
     object_type: str
-    body: bytes | None  # None: a stored row whose content the batch does not touch
-    row_id: int | None = None  # None: a new row
+    body: bytes | None  # None: a stored version whose content the addition does not touch
+    stored_as: int | None = None  # its version_us in the store now; None: a new row
     was_last: bool = False
     was_first: bool = False
 
@@ -178,7 +178,44 @@ class _Version:
 @dataclass
 class _ObjectVersions:
     versions: dict[int, _Version] = field(default_factory=dict)
-    dropped_rows: list[int] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)  # stored version_us to delete
+
+
+@dataclass
+class CollectionVersions:
+    """The stored versions of some objects of a collection, as of the collection's state
+    (its last date_added and object count): what adding those objects needs to know.
+
+    Loaded before the write transaction and brought up to date by every addition planned
+    from it, so that under the collection's lock only the writing is left; the lock then
+    checks that the state is still the collection's (:class:`StaleVersions` if not).
+    """
+
+    collection_id: str
+    last_added_us: int
+    object_count: int
+    objects: dict[str, _ObjectVersions]
+
+
+class StaleVersions(Exception):
+    """The collection changed after its versions were loaded: load them again under lock."""
+
+
+@dataclass
+class Addition:
+    """The writes that add a list of objects to a collection, planned from its versions."""
+
+    collection_id: str
+    expected: tuple[int, int]  # (last_added_us, object_count) the plan was made from
+    dates: list[int]
+    dropped: list[tuple[str, int]]
+    flag_changes: list[tuple[bool, bool, str, int]]
+    rewrites: list[tuple[Any, ...]]
+    inserts: list[tuple[Any, ...]]
+
+    @property
+    def gain(self) -> int:
+        return len(self.inserts) - len(self.dropped)
 
 
 def describe_own(obj: dict[str, Any]) -> Described:
@@ -198,9 +235,6 @@ def add_objects(
     connection: Connection,
     collection_id: str,
     objects: Sequence[tuple[dict[str, Any], bytes]],
-    *,
-    own: bool = False,
-    new_ids: frozenset[str] | set[str] = frozenset(),
 ) -> list[dt.datetime]:
     """Store each object's exact JSON bytes in the collection, in the caller's transaction.
 
@@ -209,89 +243,215 @@ def add_objects(
     the collection is added again: it moves to its new date and its bytes are replaced. An object
     without ``modified`` and ``created`` (an SCO) has one version, its latest ``date_added``.
     Raises :class:`InvalidObject` before writing anything if an object cannot be stored.
-    ``own``: the objects were built by this service (see :func:`describe_own`); ``new_ids``:
-    ids the caller has just made at random, so no stored version of them is looked up.
     """
     if not objects:
         return []
-    described = [(describe_own if own else describe)(obj) for obj, _ in objects]
-    first_date = max(now_us(), _lock_collection(connection, collection_id) + 1)
-    dates = [first_date + index for index in range(len(objects))]
-    state = _load_versions(
-        connection, collection_id, {d.object_id for d in described} - set(new_ids)
+    described = [describe(obj) for obj, _ in objects]
+    lock_collection(connection, collection_id)
+    versions = load_versions(
+        connection, collection_id, [(d.object_id, d.version_us) for d in described]
     )
+    addition = plan_addition(versions, objects, described)
+    store_addition(connection, addition)
+    return [from_us(date) for date in addition.dates]
+
+
+def load_versions(
+    connection: Connection, collection_id: str, adding: Iterable[tuple[str, int | None]]
+) -> CollectionVersions:
+    """What the collection holds of the objects in ``adding`` (id, version_us to be added;
+    ids absent from the collection, such as fresh random ones, need not be asked for).
+
+    Only each object's first and last stored versions (whose flags an addition may change)
+    and any stored version being added again are loaded, not every version in between: an
+    indicator republished every run has as many versions as runs."""
+    state = connection.execute(
+        sa.select(collection_state.c.last_added_us, collection_state.c.object_count).where(
+            collection_state.c.collection_id == collection_id
+        )
+    ).first()
+    last, count = (int(state[0]), int(state[1])) if state else (0, 0)
+    found: dict[str, _ObjectVersions] = {}
+    pairs = list(adding)
+    columns = (
+        "object_id, version_us, version, date_added_us, spec_version, object_type, is_last, "
+        "is_first"
+    )
+    # Straight to the driver: SQLAlchemy's compiling of thousands of IN values per batch
+    # cost more than the look-up.
+    mark = driver_mark(connection)
+    ids = sorted({object_id for object_id, _ in pairs})
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        query = (
+            f"SELECT {columns} FROM {taxii_objects.name} "  # noqa: S608
+            f"WHERE collection_id = {mark} AND object_id IN ({', '.join([mark] * len(chunk))}) "
+            "AND (is_last OR is_first)"
+        )
+        _keep_rows(found, connection.exec_driver_sql(query, (collection_id, *chunk)))
+    # A version between an object's first and last may be stored: look for it by its key.
+    between = {
+        (object_id, version_us)
+        for object_id, version_us in pairs
+        if version_us is not None
+        and (entry := found.get(object_id)) is not None
+        and version_us not in entry.versions
+        and min(entry.versions) < version_us < max(entry.versions)
+    }
+    by_key = f"collection_id = {mark} AND object_id = {mark} AND version_us = {mark}"
+    for object_id, version_us in sorted(between):
+        query = f"SELECT {columns} FROM {taxii_objects.name} WHERE {by_key}"  # noqa: S608
+        _keep_rows(found, connection.exec_driver_sql(query, (collection_id, object_id, version_us)))
+    return CollectionVersions(collection_id, last, count, found)
+
+
+def _keep_rows(found: dict[str, _ObjectVersions], rows: Iterable[Sequence[Any]]) -> None:
+    for object_id, version_us, version, added_us, spec, kind, last_flag, first_flag in rows:
+        entry = found.setdefault(object_id, _ObjectVersions())
+        entry.versions[version_us] = _Version(
+            added_us,
+            version,
+            version_us,
+            spec,
+            kind,
+            None,
+            version_us,
+            bool(last_flag),
+            bool(first_flag),
+        )
+
+
+def plan_addition(
+    versions: CollectionVersions,
+    objects: Sequence[tuple[dict[str, Any], bytes]],
+    described: Sequence[Described],
+) -> Addition:
+    """The writes that add ``objects`` (see :func:`add_objects`) to the collection as
+    ``versions`` knows it, which afterwards knows the collection as the writes leave it."""
+    expected = (versions.last_added_us, versions.object_count)
+    first_date = max(now_us(), versions.last_added_us + 1)
+    dates = list(range(first_date, first_date + len(objects)))
+    touched: dict[str, _ObjectVersions] = {}
     for (_, body), what, date in zip(objects, described, dates, strict=True):
-        entry = state.setdefault(what.object_id, _ObjectVersions())
+        entry = versions.objects.setdefault(what.object_id, _ObjectVersions())
+        touched[what.object_id] = entry
         if what.version_us is None:
             version_us, version = date, format_us(date)
             reused = _take_all(entry)
         else:
             version_us, version = what.version_us, str(what.version)
             old = entry.versions.pop(version_us, None)
-            reused = old.row_id if old else None
+            reused = old.stored_as if old else None
         entry.versions[version_us] = _Version(
             date, version, version_us, what.spec_version, what.object_type, bytes(body), reused
         )
-    inserted = _write_versions(connection, collection_id, state)
-    connection.execute(
-        collection_state.update()
-        .where(collection_state.c.collection_id == collection_id)
-        .values(last_added_us=dates[-1], object_count=collection_state.c.object_count + inserted)
-    )
-    return [from_us(date) for date in dates]
+    addition = Addition(versions.collection_id, expected, dates, [], [], [], [])
+    for object_id, entry in touched.items():
+        _plan_writes(versions.collection_id, object_id, entry, addition)
+    versions.last_added_us = dates[-1]
+    versions.object_count += addition.gain
+    return addition
 
 
 def _take_all(entry: _ObjectVersions) -> int | None:
-    """Remove every version of an unversioned object; returns a stored row to reuse, if any."""
-    rows = [v.row_id for v in entry.versions.values() if v.row_id is not None]
+    """Remove every version of an unversioned object; returns a stored one to reuse, if any."""
+    stored = [v.stored_as for v in entry.versions.values() if v.stored_as is not None]
     entry.versions.clear()
-    if not rows:
+    if not stored:
         return None
-    entry.dropped_rows.extend(rows[1:])
-    return rows[0]
+    entry.dropped.extend(stored[1:])
+    return stored[0]
 
 
-def _lock_collection(connection: Connection, collection_id: str) -> int:
-    """The collection's last date_added, its state row locked until the transaction ends."""
-    select = (
-        sa.select(collection_state.c.last_added_us)
+def _plan_writes(
+    collection_id: str, object_id: str, entry: _ObjectVersions, addition: Addition
+) -> None:
+    """The object's rows as the addition leaves them; ``entry`` then describes those rows."""
+    addition.dropped.extend((object_id, version_us) for version_us in entry.dropped)
+    entry.dropped.clear()
+    if not entry.versions:
+        return
+    last, first = max(entry.versions), min(entry.versions)
+    for version_us, v in entry.versions.items():
+        is_last, is_first = version_us == last, version_us == first
+        if v.body is None:
+            if (is_last, is_first) != (v.was_last, v.was_first):
+                addition.flag_changes.append((is_last, is_first, object_id, version_us))
+        else:
+            values = (
+                v.object_type,
+                v.spec_version,
+                v.version,
+                version_us,
+                v.date_added_us,
+                is_last,
+                is_first,
+                v.body,
+            )
+            if v.stored_as is None:
+                addition.inserts.append((collection_id, object_id, *values))
+            else:
+                addition.rewrites.append((*values, object_id, v.stored_as))
+        v.body, v.stored_as, v.was_last, v.was_first = None, version_us, is_last, is_first
+
+
+def store_addition(connection: Connection, addition: Addition) -> None:
+    """Write a planned addition, in the caller's transaction; raises :class:`StaleVersions`
+    (before writing) if the collection is no longer as the plan found it."""
+    if not addition.dates:
+        return
+    collection_id = addition.collection_id
+    if lock_collection(connection, collection_id) != addition.expected:
+        raise StaleVersions(collection_id)
+    mark = driver_mark(connection)
+    by_key = f"collection_id = {mark} AND object_id = {mark} AND version_us = {mark}"
+    table = taxii_objects.name
+    if addition.dropped:
+        connection.exec_driver_sql(
+            f"DELETE FROM {table} WHERE {by_key}",  # noqa: S608
+            [(collection_id, *key) for key in addition.dropped],
+        )
+    if changes := addition.flag_changes:
+        connection.exec_driver_sql(
+            f"UPDATE {table} SET is_last = {mark}, is_first = {mark} WHERE {by_key}",  # noqa: S608
+            [(is_last, is_first, collection_id, *key) for is_last, is_first, *key in changes],
+        )
+    if addition.rewrites:
+        assignments = ", ".join(f"{name} = {mark}" for name in _COLUMNS[2:])
+        connection.exec_driver_sql(
+            f"UPDATE {table} SET {assignments} WHERE {by_key}",  # noqa: S608
+            [(*row[:-2], collection_id, *row[-2:]) for row in addition.rewrites],
+        )
+    bulk_insert_values(connection, taxii_objects, _COLUMNS, addition.inserts)
+    connection.execute(
+        collection_state.update()
         .where(collection_state.c.collection_id == collection_id)
+        .values(
+            last_added_us=addition.dates[-1],
+            object_count=collection_state.c.object_count + addition.gain,
+        )
+    )
+
+
+def lock_collection(connection: Connection, collection_id: str) -> tuple[int, int]:
+    """The collection's last date_added and object count (what :attr:`Addition.expected`
+    is compared with), its state row locked until the transaction ends."""
+    t = collection_state.c
+    select = (
+        sa.select(t.last_added_us, t.object_count)
+        .where(t.collection_id == collection_id)
         .with_for_update()
     )
-    last = connection.execute(select).scalar_one_or_none()
-    if last is not None:
-        return int(last)
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    connection.execute(
-        insert(collection_state)
-        .values(collection_id=collection_id, last_added_us=0, object_count=0)
-        .on_conflict_do_nothing(index_elements=["collection_id"])
-    )
-    return int(connection.execute(select).scalar_one())
-
-
-def _load_versions(
-    connection: Connection, collection_id: str, object_ids: Iterable[str]
-) -> dict[str, _ObjectVersions]:
-    state: dict[str, _ObjectVersions] = {}
-    ids = sorted(object_ids)
-    # Straight to the driver: SQLAlchemy's compiling of thousands of IN values per batch
-    # cost more than the look-up.
-    mark = driver_mark(connection)
-    for start in range(0, len(ids), _ID_CHUNK):
-        chunk = ids[start : start + _ID_CHUNK]
-        query = (
-            "SELECT row_id, object_id, version_us, version, date_added_us, spec_version, "  # noqa: S608
-            f"object_type, is_last, is_first FROM {taxii_objects.name} "
-            f"WHERE collection_id = {mark} AND object_id IN ({', '.join([mark] * len(chunk))})"
+    state = connection.execute(select).first()
+    if state is None:
+        insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+        connection.execute(
+            insert(collection_state)
+            .values(collection_id=collection_id, last_added_us=0, object_count=0)
+            .on_conflict_do_nothing(index_elements=["collection_id"])
         )
-        rows = connection.exec_driver_sql(query, (collection_id, *chunk))
-        for row_id, object_id, version_us, version, added_us, spec, kind, last, first in rows:
-            entry = state.setdefault(object_id, _ObjectVersions())
-            entry.versions[version_us] = _Version(
-                added_us, version, version_us, spec, kind, None, row_id, bool(last), bool(first)
-            )
-    return state
+        state = connection.execute(select).one()
+    return int(state[0]), int(state[1])
 
 
 _COLUMNS = (
@@ -306,65 +466,6 @@ _COLUMNS = (
     "is_first",
     "body",
 )
-
-
-def _update_rows(
-    connection: Connection, columns: Sequence[str], rows: list[tuple[Any, ...]]
-) -> None:
-    """Set ``columns`` of rows by row_id (each row's last value), executemany straight to the
-    driver: SQLAlchemy's per-row parameter processing cost more than the writing."""
-    if not rows:
-        return
-    mark = driver_mark(connection)
-    assignments = ", ".join(f"{name} = {mark}" for name in columns)
-    connection.exec_driver_sql(
-        f"UPDATE {taxii_objects.name} SET {assignments} WHERE row_id = {mark}",  # noqa: S608
-        rows,
-    )
-
-
-def _write_versions(
-    connection: Connection, collection_id: str, state: dict[str, _ObjectVersions]
-) -> int:
-    """Insert new rows, rewrite changed ones and fix first/last flags; returns the row gain."""
-    t = taxii_objects
-    inserts: list[tuple[Any, ...]] = []
-    rewrites: list[tuple[Any, ...]] = []
-    flag_changes: list[tuple[Any, ...]] = []
-    dropped: list[int] = []
-    for object_id, entry in state.items():
-        dropped.extend(entry.dropped_rows)
-        if not entry.versions:
-            continue
-        last, first = max(entry.versions), min(entry.versions)
-        for version_us, v in entry.versions.items():
-            is_last, is_first = version_us == last, version_us == first
-            if v.body is None:
-                if (is_last, is_first) != (v.was_last, v.was_first):
-                    flag_changes.append((is_last, is_first, v.row_id))
-                continue
-            values = (
-                collection_id,
-                object_id,
-                v.object_type,
-                v.spec_version,
-                v.version,
-                version_us,
-                v.date_added_us,
-                is_last,
-                is_first,
-                v.body,
-            )
-            if v.row_id is None:
-                inserts.append(values)
-            else:
-                rewrites.append((*values[2:], v.row_id))
-    if dropped:
-        connection.execute(t.delete().where(t.c.row_id.in_(dropped)))
-    _update_rows(connection, ("is_last", "is_first"), flag_changes)
-    _update_rows(connection, _COLUMNS[2:], rewrites)
-    bulk_insert_values(connection, t, _COLUMNS, inserts)
-    return len(inserts) - len(dropped)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,9 @@ from feeds.verify import verify_collection
 def test_publish_killed_at_20_random_steps_then_once_more_equals_one_clean_run(
     environ: dict[str, str], tmp_path: Path, crasher: Crasher
 ) -> None:
-    environ, generated = generated_feeds(environ, tmp_path)
+    # Published in the command's own process, where the crash child counts its steps (a run
+    # with publishing processes killed midway: tests/test_publish_processes.py).
+    environ, generated = generated_feeds({**environ, "SPAMPOTS_PUBLISH_WORKERS": "1"}, tmp_path)
     clean_url = f"sqlite:///{tmp_path}/clean.db"
     clean_env, _ = feed_store(environ, tmp_path, generated.spool, clean_url, "clean")
     url = environ["SPAMPOTS_DATABASE_URL"]

@@ -29,6 +29,7 @@ from feeds import publish as publish_module
 from feeds.generator import Generated, _plan_networks
 from feeds.home import engine_for, init_home
 from feeds.ingest import ingest_run
+from feeds.partners import load_partners
 from feeds.publish import feed_batches, feed_watermarks, publish
 from feeds.settings import Settings, load_settings
 from feeds.verify import VerifyError, verify_collection
@@ -166,12 +167,14 @@ def test_an_object_altered_in_the_store_is_named(
     feed: Feed, server: RunningServer, run_cli: Any
 ) -> None:
     publish(feed.settings, partner_id="twcert", now=NOW)
+    twcert = load_partners(feed.settings.partners).partners["twcert"]
+    originating = next(c.id for c in twcert.collections if c.feed == "originating")
     engine = engine_for(feed.settings.database_url)
     t = taxii_objects.c
     with engine.begin() as connection:
         row_id, object_id, body = connection.execute(
             sa.select(t.row_id, t.object_id, t.body)
-            .where(t.object_type == "indicator")
+            .where(t.object_type == "indicator", t.collection_id == originating)
             .order_by(t.row_id)
             .limit(1)
         ).one()
@@ -223,26 +226,30 @@ def test_killed_mid_publish_nothing_shows_and_a_rerun_publishes_once(
 ) -> None:
     """Killed in its second batch, a run leaves the batches committed before it, whole, and
     nothing of the batches it was writing with it; the next run publishes the rest once."""
-    feed.settings = load_settings({**feed.env, "SPAMPOTS_PUBLISH_COMMIT_OBJECTS": commit_objects})
-    real_add = publish_module.add_objects
+    # One publishing process, so that the patched store_addition is the one that runs.
+    feed.settings = load_settings(
+        {
+            **feed.env,
+            "SPAMPOTS_PUBLISH_COMMIT_OBJECTS": commit_objects,
+            "SPAMPOTS_PUBLISH_WORKERS": "1",
+        }
+    )
+    real_store = publish_module.store_addition
     calls = Counter[str]()
 
-    def dies_on_second_batch(
-        connection: Any, collection_id: str, objects: Any, **options: Any
-    ) -> Any:
-        calls[collection_id] += 1
-        result = real_add(connection, collection_id, objects, **options)
-        if calls[collection_id] == 2:
+    def dies_on_second_batch(connection: Any, addition: Any) -> None:
+        calls[addition.collection_id] += 1
+        real_store(connection, addition)
+        if calls[addition.collection_id] == 2:
             raise KeyboardInterrupt  # killed after writing, before the commit
-        return result
 
-    monkeypatch.setattr(publish_module, "add_objects", dies_on_second_batch)
+    monkeypatch.setattr(publish_module, "store_addition", dies_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         publish(feed.settings, partner_id="twcert", now=NOW)
     outcome, _ = verify(feed, server, "twcert-originating")
     assert len(outcome.checks) == visible and all(check.ok for check in outcome.checks)
     assert not outcome.unsigned  # no object of a batch that was not committed whole
-    monkeypatch.setattr(publish_module, "add_objects", real_add)
+    monkeypatch.setattr(publish_module, "store_addition", real_store)
     publish(feed.settings, partner_id="twcert", now=NOW + dt.timedelta(minutes=1))
     outcome, lines = verify(feed, server, "twcert-originating")
     assert outcome.ok, lines
@@ -371,8 +378,9 @@ def test_a_concurrent_run_is_refused_not_duplicated(
         return units
 
     monkeypatch.setattr(publish_module, "plan_units", plan_then_another_run_commits)
+    in_process = load_settings({**feed.env, "SPAMPOTS_PUBLISH_WORKERS": "1"})
     with pytest.raises(publish_module.PublishConflict, match="published by another run"):
-        publish(feed.settings, partner_id="jpcert", now=NOW)
+        publish(in_process, partner_id="jpcert", now=NOW)
     engine = engine_for(feed.settings.database_url)
     with engine.connect() as connection:
         assert (

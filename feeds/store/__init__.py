@@ -11,6 +11,7 @@ from feeds.store.engine import (
     driver_mark,
     metadata,
     migrate,
+    restart_long_log,
     store_unavailable,
     write_transaction,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "driver_mark",
     "metadata",
     "migrate",
+    "restart_long_log",
     "store_unavailable",
     "write_transaction",
 ]

@@ -116,6 +116,30 @@ def write_transaction(engine: Engine, *, page_cache_mib: int = 0) -> Iterator[Co
                 cursor.close()
 
 
+def restart_long_log(engine: Engine, most_bytes: int) -> None:
+    """On SQLite, once the write-ahead log has grown past ``most_bytes``: copy it into the
+    database and empty it, waiting (up to the busy timeout) for readers to leave it; if they
+    do not, or another process is doing the same, it is left for the next call.
+
+    Processes that take turns reading and writing (the publishing processes) can keep some
+    reader on the log at every moment; the passive checkpoints SQLite makes on its own then
+    never reach the log's end, and the log grows without bound (24 GB in a seed-week's
+    publishing, bench/README.md), slowing every read."""
+    if engine.dialect.name != "sqlite" or not engine.url.database:
+        return
+    try:
+        size = Path(f"{engine.url.database}-wal").stat().st_size
+    except FileNotFoundError:
+        return
+    if size > most_bytes:
+        with engine.connect() as connection:
+            # On the driver's connection: through SQLAlchemy, the pragma would begin a
+            # transaction, whose snapshot would itself hold the log.
+            cursor = connection.connection.cursor()
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor.close()
+
+
 def bulk_insert(
     connection: Connection, table: sa.Table, rows: list[dict[str, Any]], *, ignore: bool = False
 ) -> None:
