@@ -38,16 +38,16 @@ def restart_at_batch(
 ) -> Callable[[], int]:
     """PostgreSQL restarts as the publisher is about to write its ``batch``-th batch, inside
     that batch's transaction; returns how many batches it began."""
-    real_add = publish_module.add_objects
+    real_store = publish_module.store_addition
     began = [0]
 
-    def add(connection: Any, collection_id: str, objects: Any, **options: Any) -> Any:
+    def store(connection: Any, addition: Any) -> None:
         began[0] += 1
         if began[0] == batch:
             server.restart()
-        return real_add(connection, collection_id, objects, **options)
+        real_store(connection, addition)
 
-    monkeypatch.setattr(publish_module, "add_objects", add)
+    monkeypatch.setattr(publish_module, "store_addition", store)
     return lambda: began[0]
 
 
@@ -64,6 +64,9 @@ def test_postgres_restarted_while_publishing_one_line_then_the_next_run_complete
     publish(load_settings(clean_env))
     url = private_postgres.new_database()
     env, settings = feed_store(environ, tmp_path, generated.spool, url, "restarted")
+    # Published in this process, where the patched store_addition restarts the server.
+    env = {**env, "SPAMPOTS_PUBLISH_WORKERS": "1"}
+    settings = load_settings(env)
     for name in [n for n in os.environ if n.startswith("SPAMPOTS_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():

@@ -44,11 +44,14 @@ def test_two_publishing_processes_publish_what_one_does(
     assert collections(two_url) == collections(one_url)
 
 
-def test_a_publish_run_killed_midway_takes_its_processes_with_it(
-    environ: dict[str, str], tmp_path: Path
+@pytest.mark.parametrize("victim", ["the-run", "one-worker"])
+def test_a_publish_run_killed_midway_or_its_worker_leaves_whole_batches_only(
+    environ: dict[str, str], tmp_path: Path, victim: str
 ) -> None:
     """kill -9 of the run: its publishing processes die too (nothing publishes on unseen
-    beside the next run), only whole batches show, and the next run publishes the rest once."""
+    beside the next run). kill -9 of one publishing process (out of memory): the run stops
+    with one line, no traceback. Either way only whole batches show, and the next run
+    publishes the rest once."""
     environ, generated = generated_feeds(environ, tmp_path, 600, start=NOW - dt.timedelta(days=2))
     clean_url = f"sqlite:///{tmp_path}/clean.db"
     clean_env, _ = feed_store(environ, tmp_path, generated.spool, clean_url, "clean")
@@ -63,18 +66,19 @@ def test_a_publish_run_killed_midway_takes_its_processes_with_it(
         [sys.executable, "-m", "feeds.cli", "publish"],
         env={**base, **killed_env, "SPAMPOTS_PUBLISH_WORKERS": "2"},
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     engine = engine_for(url)
     try:
         deadline = time.monotonic() + 120
         while _batches(engine) == 0 and time.monotonic() < deadline and run.poll() is None:
             time.sleep(0.01)
-        workers = _children(run.pid)
-        # Two publishing processes (and multiprocessing's resource tracker).
-        assert run.poll() is None and len(workers) >= 2, "the run ended before it was killed"
-        run.send_signal(signal.SIGKILL)
+        workers = [pid for pid in _children(run.pid) if _is_publisher(pid)]
+        assert run.poll() is None and len(workers) == 2, "the run ended before it was killed"
+        os.kill(run.pid if victim == "the-run" else workers[0], signal.SIGKILL)
+        _, stderr = run.communicate(timeout=120)
     finally:
         run.kill()
         run.wait()
@@ -82,6 +86,13 @@ def test_a_publish_run_killed_midway_takes_its_processes_with_it(
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers)
+    if victim == "one-worker":
+        assert run.returncode == 1
+        assert stderr.strip().splitlines() == [
+            "spampots: error: a publishing process ended abruptly (killed, or out of memory); "
+            "the batches it had not committed were rolled back; run publish again; if it "
+            "recurs, see the system log and try SPAMPOTS_PUBLISH_WORKERS=1"
+        ]
     no_half_batch(url)
     assert 0 < _batches(engine) < sum(len(c["batches"]) for c in _published(clean_url))
 
@@ -133,6 +144,11 @@ def _children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(child) for child in (task / "children").read_text().split()]
     return found
+
+
+def _is_publisher(pid: int) -> bool:
+    """One of the pool's processes, not multiprocessing's resource tracker."""
+    return b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
 def _alive(pid: int) -> bool:
