@@ -494,8 +494,15 @@ def publish(
     chosen: list[Partner] = (
         [config.partners[partner_id]] if partner_id else list(config.partners.values())
     )
-    with write_transaction(engine) as connection:
-        shared = {partner.id: shared_objects(connection, context, partner) for partner in chosen}
+    try:
+        with write_transaction(engine) as connection:
+            shared = {p.id: shared_objects(connection, context, p) for p in chosen}
+    except sa.exc.IntegrityError:
+        # Another run recorded the same new identity version first (PostgreSQL).
+        raise PublishConflict(
+            "another publish run was recording the producer's identities meanwhile",
+            hint="let that run finish; the next run publishes what is left",
+        ) from None
     work = [(partner, collection) for partner in chosen for collection in partner.collections]
     workers = min(int(settings.publish_workers), len(work))
     with fewer_collections():
