@@ -208,8 +208,9 @@ class Addition:
     collection_id: str
     expected: tuple[int, int]  # (last_added_us, object_count) the plan was made from
     dates: list[int]
-    dropped: list[tuple[str, int]]
-    flag_changes: list[tuple[bool, bool, str, int]]
+    # Each statement's parameters, in the order it binds them (see store_addition).
+    dropped: list[tuple[str, str, int]]
+    flag_changes: list[tuple[bool, bool, str, str, int]]
     rewrites: list[tuple[Any, ...]]
     inserts: list[tuple[Any, ...]]
 
@@ -273,10 +274,7 @@ def load_versions(
     last, count = (int(state[0]), int(state[1])) if state else (0, 0)
     found: dict[str, _ObjectVersions] = {}
     pairs = list(adding)
-    columns = (
-        "object_id, version_us, version, date_added_us, spec_version, object_type, is_last, "
-        "is_first"
-    )
+    columns = ", ".join(_VERSION_COLUMNS)
     # Straight to the driver: SQLAlchemy's compiling of thousands of IN values per batch
     # cost more than the look-up.
     mark = driver_mark(connection)
@@ -305,7 +303,20 @@ def load_versions(
     return CollectionVersions(collection_id, last, count, found)
 
 
+_VERSION_COLUMNS = (
+    "object_id",
+    "version_us",
+    "version",
+    "date_added_us",
+    "spec_version",
+    "object_type",
+    "is_last",
+    "is_first",
+)
+
+
 def _keep_rows(found: dict[str, _ObjectVersions], rows: Iterable[Sequence[Any]]) -> None:
+    """Rows of :data:`_VERSION_COLUMNS` as the stored versions of their objects."""
     for object_id, version_us, version, added_us, spec, kind, last_flag, first_flag in rows:
         entry = found.setdefault(object_id, _ObjectVersions())
         entry.versions[version_us] = _Version(
@@ -367,7 +378,7 @@ def _plan_writes(
     collection_id: str, object_id: str, entry: _ObjectVersions, addition: Addition
 ) -> None:
     """The object's rows as the addition leaves them; ``entry`` then describes those rows."""
-    addition.dropped.extend((object_id, version_us) for version_us in entry.dropped)
+    addition.dropped.extend((collection_id, object_id, version) for version in entry.dropped)
     entry.dropped.clear()
     if not entry.versions:
         return
@@ -376,7 +387,9 @@ def _plan_writes(
         is_last, is_first = version_us == last, version_us == first
         if v.body is None:
             if (is_last, is_first) != (v.was_last, v.was_first):
-                addition.flag_changes.append((is_last, is_first, object_id, version_us))
+                addition.flag_changes.append(
+                    (is_last, is_first, collection_id, object_id, version_us)
+                )
         else:
             values = (
                 v.object_type,
@@ -391,7 +404,7 @@ def _plan_writes(
             if v.stored_as is None:
                 addition.inserts.append((collection_id, object_id, *values))
             else:
-                addition.rewrites.append((*values, object_id, v.stored_as))
+                addition.rewrites.append((*values, collection_id, object_id, v.stored_as))
         v.body, v.stored_as, v.was_last, v.was_first = None, version_us, is_last, is_first
 
 
@@ -409,18 +422,18 @@ def store_addition(connection: Connection, addition: Addition) -> None:
     if addition.dropped:
         connection.exec_driver_sql(
             f"DELETE FROM {table} WHERE {by_key}",  # noqa: S608
-            [(collection_id, *key) for key in addition.dropped],
+            addition.dropped,
         )
-    if changes := addition.flag_changes:
+    if addition.flag_changes:
         connection.exec_driver_sql(
             f"UPDATE {table} SET is_last = {mark}, is_first = {mark} WHERE {by_key}",  # noqa: S608
-            [(is_last, is_first, collection_id, *key) for is_last, is_first, *key in changes],
+            addition.flag_changes,
         )
     if addition.rewrites:
         assignments = ", ".join(f"{name} = {mark}" for name in _COLUMNS[2:])
         connection.exec_driver_sql(
             f"UPDATE {table} SET {assignments} WHERE {by_key}",  # noqa: S608
-            [(*row[:-2], collection_id, *row[-2:]) for row in addition.rewrites],
+            addition.rewrites,
         )
     bulk_insert_values(connection, taxii_objects, _COLUMNS, addition.inserts)
     connection.execute(
