@@ -25,3 +25,8 @@ def fewer_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
+
+
+def bulk_pace_for_good() -> None:
+    """The bulk pace for the rest of the process: a pool's worker that does nothing else."""
+    gc.set_threshold(*BULK_THRESHOLD)

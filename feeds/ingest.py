@@ -21,7 +21,6 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
-import gc
 import hashlib
 import multiprocessing.util
 import sqlite3
@@ -52,7 +51,7 @@ from feeds.batches import (
 )
 from feeds.enrich import NO_ANSWER, Answer, Enricher, EnrichmentConfig, SourceIds, ip_key
 from feeds.errors import StoreError, UsageError
-from feeds.gc_pace import BULK_THRESHOLD, fewer_collections
+from feeds.gc_pace import bulk_pace_for_good, fewer_collections
 from feeds.messages import (
     DEFAULT_LIMITS,
     MessageLimits,
@@ -119,7 +118,7 @@ def _init_worker(
 
 
 def _init_pool_worker(*args: Any) -> None:
-    gc.set_threshold(*BULK_THRESHOLD)  # the process does nothing else
+    bulk_pace_for_good()
     _init_worker(*args)
     assert _state is not None
     # A pool's worker ends through multiprocessing's exit handlers, not the interpreter's.

@@ -22,7 +22,6 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import datetime as dt
-import gc
 import hashlib
 import multiprocessing
 import os
@@ -49,7 +48,7 @@ from feeds.batch import (
     value_sha256,
 )
 from feeds.errors import SigningKeyError, SpampotsError, StoreError, UsageError
-from feeds.gc_pace import BULK_THRESHOLD, fewer_collections
+from feeds.gc_pace import bulk_pace_for_good, fewer_collections
 from feeds.keys import SigningKey, active_key, load_private_key
 from feeds.partners import Collection, Partner, PartnersConfig, load_partners
 from feeds.sanitize import scrubber_for
@@ -563,7 +562,7 @@ def _start_publisher(
 
     global _publisher
     _die_with_parent(parent)
-    gc.set_threshold(*BULK_THRESHOLD)  # the process does nothing else
+    bulk_pace_for_good()
     signer = Signer(key, load_private_key(Path(settings.keys_dir), key.kid))
     engine = open_store(settings)
     if engine.dialect.name == "sqlite":
