@@ -160,16 +160,22 @@ def describe(obj: Any) -> Described:
     return Described(object_id, object_type, spec_version, version, version_us)
 
 
+@dataclass(frozen=True)
+class _Content:
+    """What an addition writes into a version's row."""
+
+    date_added_us: int
+    version: str
+    spec_version: str
+    object_type: str
+    body: bytes
+
+
 @dataclass
 class _Version:
     """One version of an object as it will be after the addition: stored, changed, or new."""
 
-    date_added_us: int
-    version: str
-    version_us: int
-    spec_version: str
-    object_type: str
-    body: bytes | None  # None: a stored version whose content the addition does not touch
+    content: _Content | None  # None: a stored version whose row the addition does not touch
     stored_as: int | None = None  # its version_us in the store now; None: a new row
     was_last: bool = False
     was_first: bool = False
@@ -264,8 +270,9 @@ def load_versions(
     ids absent from the collection, such as fresh random ones, need not be asked for).
 
     Only each object's first and last stored versions (whose flags an addition may change)
-    and any stored version being added again are loaded, not every version in between: an
-    indicator republished every run has as many versions as runs."""
+    and any stored version being added again are known, not every version in between (an
+    indicator republished every run has as many versions as runs), and they are read from the
+    (collection, object id, version) index, not from the rows."""
     state = connection.execute(
         sa.select(collection_state.c.last_added_us, collection_state.c.object_count).where(
             collection_state.c.collection_id == collection_id
@@ -274,62 +281,58 @@ def load_versions(
     last, count = (int(state[0]), int(state[1])) if state else (0, 0)
     found: dict[str, _ObjectVersions] = {}
     pairs = list(adding)
-    columns = ", ".join(_VERSION_COLUMNS)
     # Straight to the driver: SQLAlchemy's compiling of thousands of IN values per batch
     # cost more than the look-up.
     mark = driver_mark(connection)
+    table = taxii_objects.name
     ids = sorted({object_id for object_id, _ in pairs})
+    unversioned = {object_id for object_id, version_us in pairs if version_us is None}
+    crowded: list[str] = []
     for start in range(0, len(ids), _ID_CHUNK):
         chunk = ids[start : start + _ID_CHUNK]
+        # From the (collection, object id, version) index alone: the rows' flags follow
+        # from the first and last version, and reading each version's row cost a page each.
         query = (
-            f"SELECT {columns} FROM {taxii_objects.name} "  # noqa: S608
+            f"SELECT object_id, min(version_us), max(version_us), count(*) FROM {table} "  # noqa: S608
             f"WHERE collection_id = {mark} AND object_id IN ({', '.join([mark] * len(chunk))}) "
-            "AND (is_last OR is_first)"
+            "GROUP BY object_id"
         )
-        _keep_rows(found, connection.exec_driver_sql(query, (collection_id, *chunk)))
+        for object_id, first, last_version, stored in connection.exec_driver_sql(
+            query, (collection_id, *chunk)
+        ):
+            entry = found.setdefault(object_id, _ObjectVersions())
+            _keep_stored(entry, int(first), int(first), int(last_version))
+            _keep_stored(entry, int(last_version), int(first), int(last_version))
+            if stored > 2 and object_id in unversioned:
+                crowded.append(object_id)  # added without a version: replaces every one
+    by_id = f"collection_id = {mark} AND object_id = {mark}"
+    for object_id in crowded:
+        entry = found[object_id]
+        first, last_version = min(entry.versions), max(entry.versions)
+        query = f"SELECT version_us FROM {table} WHERE {by_id}"  # noqa: S608
+        for (version_us,) in connection.exec_driver_sql(query, (collection_id, object_id)):
+            _keep_stored(entry, int(version_us), first, last_version)
     # A version between an object's first and last may be stored: look for it by its key.
     between = {
         (object_id, version_us)
         for object_id, version_us in pairs
         if version_us is not None
-        and (entry := found.get(object_id)) is not None
-        and version_us not in entry.versions
-        and min(entry.versions) < version_us < max(entry.versions)
+        and (known := found.get(object_id)) is not None
+        and version_us not in known.versions
+        and min(known.versions) < version_us < max(known.versions)
     }
-    by_key = f"collection_id = {mark} AND object_id = {mark} AND version_us = {mark}"
+    by_key = f"{by_id} AND version_us = {mark}"
     for object_id, version_us in sorted(between):
-        query = f"SELECT {columns} FROM {taxii_objects.name} WHERE {by_key}"  # noqa: S608
-        _keep_rows(found, connection.exec_driver_sql(query, (collection_id, object_id, version_us)))
+        query = f"SELECT version_us FROM {table} WHERE {by_key}"  # noqa: S608
+        if connection.exec_driver_sql(query, (collection_id, object_id, version_us)).first():
+            entry = found[object_id]
+            _keep_stored(entry, version_us, min(entry.versions), max(entry.versions))
     return CollectionVersions(collection_id, last, count, found)
 
 
-_VERSION_COLUMNS = (
-    "object_id",
-    "version_us",
-    "version",
-    "date_added_us",
-    "spec_version",
-    "object_type",
-    "is_last",
-    "is_first",
-)
-
-
-def _keep_rows(found: dict[str, _ObjectVersions], rows: Iterable[Sequence[Any]]) -> None:
-    """Rows of :data:`_VERSION_COLUMNS` as the stored versions of their objects."""
-    for object_id, version_us, version, added_us, spec, kind, last_flag, first_flag in rows:
-        entry = found.setdefault(object_id, _ObjectVersions())
-        entry.versions[version_us] = _Version(
-            added_us,
-            version,
-            version_us,
-            spec,
-            kind,
-            None,
-            version_us,
-            bool(last_flag),
-            bool(first_flag),
-        )
+def _keep_stored(entry: _ObjectVersions, version_us: int, first: int, last: int) -> None:
+    """A stored version, flagged as the object's first and last stored versions say."""
+    entry.versions[version_us] = _Version(None, version_us, version_us == last, version_us == first)
 
 
 def plan_addition(
@@ -353,9 +356,8 @@ def plan_addition(
             version_us, version = what.version_us, str(what.version)
             old = entry.versions.pop(version_us, None)
             reused = old.stored_as if old else None
-        entry.versions[version_us] = _Version(
-            date, version, version_us, what.spec_version, what.object_type, bytes(body), reused
-        )
+        content = _Content(date, version, what.spec_version, what.object_type, bytes(body))
+        entry.versions[version_us] = _Version(content, reused)
     addition = Addition(versions.collection_id, expected, dates, [], [], [], [])
     for object_id, entry in touched.items():
         _plan_writes(versions.collection_id, object_id, entry, addition)
@@ -385,27 +387,28 @@ def _plan_writes(
     last, first = max(entry.versions), min(entry.versions)
     for version_us, v in entry.versions.items():
         is_last, is_first = version_us == last, version_us == first
-        if v.body is None:
+        content = v.content
+        if content is None:
             if (is_last, is_first) != (v.was_last, v.was_first):
                 addition.flag_changes.append(
                     (is_last, is_first, collection_id, object_id, version_us)
                 )
         else:
             values = (
-                v.object_type,
-                v.spec_version,
-                v.version,
+                content.object_type,
+                content.spec_version,
+                content.version,
                 version_us,
-                v.date_added_us,
+                content.date_added_us,
                 is_last,
                 is_first,
-                v.body,
+                content.body,
             )
             if v.stored_as is None:
                 addition.inserts.append((collection_id, object_id, *values))
             else:
                 addition.rewrites.append((*values, collection_id, object_id, v.stored_as))
-        v.body, v.stored_as, v.was_last, v.was_first = None, version_us, is_last, is_first
+        v.content, v.stored_as, v.was_last, v.was_first = None, version_us, is_last, is_first
 
 
 def store_addition(connection: Connection, addition: Addition) -> None:

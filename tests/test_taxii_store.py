@@ -156,6 +156,39 @@ def test_the_same_version_added_again_moves_and_replaces(taxii: RunningServer) -
         assert object_counts(connection) == {TW: 2}
 
 
+def test_a_middle_version_added_again_and_an_unversioned_add_keep_the_versions_right(
+    taxii: RunningServer,
+) -> None:
+    """Adding reads only each object's first and last version from the store: a version in
+    between added again still replaces its row, and the object added without a version
+    replaces every versioned row it had."""
+    engine = taxii.state.engine
+    stamps = [f"2026-12-0{day}T10:00:00.000Z" for day in (1, 2, 3)]
+    with write_transaction(engine) as connection:
+        for stamp in stamps:
+            add_objects(connection, TW, as_stored([indicator(7, modified=stamp)]))
+    with write_transaction(engine) as connection:
+        renamed = indicator(7, modified=stamps[1]) | {"name": "renamed"}
+        add_objects(connection, TW, as_stored([renamed]))
+
+    def versions(version: str) -> list[tuple[str, str]]:
+        response = _poll(taxii, **{"match[version]": version})
+        return [(o.get("modified", "none"), o["name"]) for o in response.json()["objects"]]
+
+    assert versions("all") == [
+        (stamps[0], "spam source 7"),
+        (stamps[2], "spam source 7"),
+        (stamps[1], "renamed"),
+    ]
+    assert versions("first") == [(stamps[0], "spam source 7")]
+    assert versions("last") == [(stamps[2], "spam source 7")]
+    unversioned = {k: v for k, v in indicator(7).items() if k not in ("created", "modified")}
+    with write_transaction(engine) as connection:
+        add_objects(connection, TW, as_stored([unversioned | {"name": "one left"}]))
+        assert object_counts(connection) == {TW: 1}
+    assert versions("all") == versions("first") == versions("last") == [("none", "one left")]
+
+
 def test_deleting_versions_keeps_first_and_last_right(taxii: RunningServer) -> None:
     engine = taxii.state.engine
     stamps = [f"2026-12-0{day}T10:00:00.000Z" for day in (1, 2, 3)]
