@@ -81,7 +81,13 @@ def from_us(us: int) -> dt.datetime:
 
 def format_us(us: int) -> str:
     """A TAXII timestamp at full (microsecond) precision: 2026-12-04T20:12:11.123456Z."""
-    return from_us(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds, micros = divmod(us, 1_000_000)
+    return f"{_format_second(seconds)}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=1024)  # an addition's dates are consecutive microseconds
+def _format_second(seconds: int) -> str:
+    return from_us(seconds * 1_000_000).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 @functools.lru_cache(maxsize=65536)  # a batch's objects share a handful of timestamps
@@ -380,8 +386,9 @@ def _plan_writes(
     collection_id: str, object_id: str, entry: _ObjectVersions, addition: Addition
 ) -> None:
     """The object's rows as the addition leaves them; ``entry`` then describes those rows."""
-    addition.dropped.extend((collection_id, object_id, version) for version in entry.dropped)
-    entry.dropped.clear()
+    if entry.dropped:
+        addition.dropped.extend((collection_id, object_id, version) for version in entry.dropped)
+        entry.dropped.clear()
     if not entry.versions:
         return
     last, first = max(entry.versions), min(entry.versions)
