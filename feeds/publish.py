@@ -576,10 +576,12 @@ def _publishing_pragmas(dbapi_connection: Any, _record: Any) -> None:
     (setting it back after every transaction freed it page by page, ~4% of the CPU), and
     checkpoint every ~800 MB of log rather than every 80 MB: the collections' indexes are
     written all over, and a page several transactions touch is then copied into the
-    database once (bench/README.md)."""
+    database once (bench/README.md). A log that grew longer than the limit at which
+    :func:`restart_long_log` starts it over is cut back to that when it does."""
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_MIB * 1024}")
     cursor.execute("PRAGMA wal_autocheckpoint=200000")
+    cursor.execute(f"PRAGMA journal_size_limit={_MOST_LOG_BYTES}")
     cursor.close()
 
 

@@ -102,11 +102,12 @@ def test_a_publish_run_killed_midway_or_its_worker_leaves_whole_batches_only(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_long_write_ahead_log_is_emptied_even_while_it_is_being_read(
+def test_a_long_write_ahead_log_starts_over_even_while_it_is_being_read(
     database_url: str, tmp_path: Path
 ) -> None:
     """What keeps the log from growing without end while publishing processes take turns
-    reading and writing: past its limit it is copied into the database and emptied."""
+    reading and writing: past its limit it is copied into the database, and the next write
+    starts it over from its beginning."""
     engine = connect(database_url)
     log = tmp_path / "store.db-wal"
     with engine.begin() as connection:
@@ -114,16 +115,21 @@ def test_a_long_write_ahead_log_is_emptied_even_while_it_is_being_read(
         connection.exec_driver_sql("INSERT INTO filler VALUES (zeroblob(200000))")
     size = log.stat().st_size
     restart_long_log(engine, size)  # not longer than the limit: left as it is
-    assert log.stat().st_size == size
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO filler VALUES (zeroblob(200000))")
+    longer = log.stat().st_size
+    assert longer > size  # appended: the log was not started over
     reader = connect(database_url)
     with reader.connect() as reading:
-        assert reading.exec_driver_sql("SELECT count(*) FROM filler").scalar_one() == 1
+        assert reading.exec_driver_sql("SELECT count(*) FROM filler").scalar_one() == 2
         # The reader's transaction ends while the writer waits for it to.
         threading.Timer(0.5, reading.rollback).start()
-        restart_long_log(engine, size - 1)
-    assert log.stat().st_size == 0
+        restart_long_log(engine, longer - 1)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO filler VALUES (zeroblob(200000))")
+    assert log.stat().st_size == longer  # written again from its beginning
     with engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT count(*) FROM filler").scalar_one() == 1
+        assert connection.exec_driver_sql("SELECT count(*) FROM filler").scalar_one() == 3
     reader.dispose()
     engine.dispose()
 

@@ -118,8 +118,11 @@ def write_transaction(engine: Engine, *, page_cache_mib: int = 0) -> Iterator[Co
 
 def restart_long_log(engine: Engine, most_bytes: int) -> None:
     """On SQLite, once the write-ahead log has grown past ``most_bytes``: copy it into the
-    database and empty it, waiting (up to the busy timeout) for readers to leave it; if they
-    do not, or another process is doing the same, it is left for the next call.
+    database and have the next write start it over from its beginning, waiting (up to the busy
+    timeout) for readers to leave it; if they do not, or another process is doing the same, it
+    is left for the next call. The file keeps its length (writing over pages already in the
+    system's cache is cheaper than growing a truncated file again), at most ``most_bytes``
+    once a connection with that ``journal_size_limit`` starts it over.
 
     Processes that take turns reading and writing (the publishing processes) can keep some
     reader on the log at every moment; the passive checkpoints SQLite makes on its own then
@@ -136,7 +139,7 @@ def restart_long_log(engine: Engine, most_bytes: int) -> None:
             # On the driver's connection: through SQLAlchemy, the pragma would begin a
             # transaction, whose snapshot would itself hold the log.
             cursor = connection.connection.cursor()
-            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor.execute("PRAGMA wal_checkpoint(RESTART)")
             cursor.close()
 
 
