@@ -113,6 +113,8 @@ def main() -> None:
         url = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{SCHEMA}"
     settings = load_settings(
         {
+            # Any other setting can be tried from the environment (SPAMPOTS_PUBLISH_WORKERS=3).
+            **{name: value for name, value in os.environ.items() if name.startswith("SPAMPOTS_")},
             "SPAMPOTS_HOME": str(home),
             "SPAMPOTS_DATABASE_URL": url,
             "SPAMPOTS_PARTNERS": str(REPO / "partners.yaml"),
