@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import threading
+import uuid
 
 import orjson
 import pytest
@@ -172,6 +175,36 @@ def test_sco_ids_are_those_the_stix2_library_derives() -> None:
         }:
             parsed = stix2.parse({k: v for k, v in obj.items() if k != "id"}, allow_custom=False)
             assert parsed.id == obj["id"], obj["type"]
+
+
+def test_random_ids_are_version_4_and_never_repeat_across_threads_or_forks() -> None:
+    """Ids are cut from a buffer of random bytes: each thread and each forked child must
+    read its own, or two of them would publish the same id."""
+    made: list[str] = []
+
+    def make() -> None:
+        made.extend(stix.random_id("sighting") for _ in range(5000))
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(made)) == len(made) == 20000
+    assert {uuid.UUID(i.split("--")[1]).version for i in made} == {4}
+
+    stix.random_id("sighting")  # the buffer is filled; a child inherits it
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(writing, stix.random_id("sighting").encode())
+        os._exit(0)
+    os.close(writing)
+    from_child = os.read(reading, 200).decode()
+    os.waitpid(child, 0)
+    os.close(reading)
+    assert from_child.startswith("sighting--")
+    assert from_child != stix.random_id("sighting")
 
 
 def test_indicator_ids_are_stable_per_collection_and_value() -> None:
