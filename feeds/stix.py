@@ -84,10 +84,12 @@ def dumps(obj: StixObject) -> bytes:
 def _uuid_text(raw: bytes, version: int) -> str:
     """RFC 9562 text of 16 bytes with the version and variant set (what uuid.UUID does,
     without building the object: ids are made for every published object)."""
-    number = int.from_bytes(raw[:16], "big")
-    number = (number & ~(0xC000 << 48 | 0xF000 << 64)) | (0x8000 << 48) | (version << 76)
-    text = f"{number:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    h = raw[:16].hex()
+    return f"{h[:8]}-{h[8:12]}-{version:x}{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+# The first hex digit of the clock_seq field with the RFC 9562 variant (10xx) set.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 @functools.cache
@@ -122,28 +124,29 @@ RANDOM_ID_TYPES = frozenset({"observed-data", "relationship", "sighting", "repor
 
 
 def random_id(object_type: str) -> str:
-    return f"{object_type}--{_uuid_text(_random_bytes.take(), 4)}"
+    return f"{object_type}--{_uuid_text(_random_16(), 4)}"
 
 
-class _RandomBytes(threading.local):
-    """16 bytes from the system's random source at a time, read 64 KiB at once: a system
-    call per published object cost more than the rest of making its id. Each thread, and a
-    forked child, reads its own."""
-
-    def __init__(self) -> None:
-        self.pid = 0
-        self.buffer = b""
-        self.offset = 0
-
-    def take(self) -> bytes:
-        if self.offset >= len(self.buffer) or self.pid != os.getpid():
-            self.pid, self.buffer, self.offset = os.getpid(), os.urandom(65536), 0
-        start = self.offset
-        self.offset += 16
-        return self.buffer[start : start + 16]
+# 16 bytes of the system's random source at a time, read 64 KiB at once: a system call per
+# published object cost more than the rest of making its id. Each thread reads its own, and
+# a forked child forgets its parent's.
+_random = threading.local()
 
 
-_random_bytes = _RandomBytes()
+def _random_16() -> bytes:
+    try:
+        return next(_random.chunks)  # type: ignore[no-any-return]
+    except (AttributeError, StopIteration):
+        data = os.urandom(65536)
+        _random.chunks = iter([data[start : start + 16] for start in range(0, len(data), 16)])
+        return next(_random.chunks)  # type: ignore[no-any-return]
+
+
+def _forget_random() -> None:
+    _random.__dict__.pop("chunks", None)
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 @dataclass(frozen=True)
