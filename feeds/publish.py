@@ -450,7 +450,9 @@ def _plan_additions(
         if what.object_id not in batch.new_ids
     ]
     versions = load_versions(connection, collection.id, adding)
-    return [plan_addition(versions, batch.objects, batch.described) for batch in built]
+    return [
+        plan_addition(versions, batch.objects, batch.described, batch.new_ids) for batch in built
+    ]
 
 
 def load_signer(engine: Engine, keys_dir: Path) -> Signer:

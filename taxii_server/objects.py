@@ -15,6 +15,7 @@ import datetime as dt
 import functools
 import re
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -345,28 +346,42 @@ def plan_addition(
     versions: CollectionVersions,
     objects: Sequence[tuple[dict[str, Any], bytes]],
     described: Sequence[Described],
+    fresh: AbstractSet[str] = frozenset(),
 ) -> Addition:
     """The writes that add ``objects`` (see :func:`add_objects`) to the collection as
-    ``versions`` knows it, which afterwards knows the collection as the writes leave it."""
+    ``versions`` knows it, which afterwards knows the collection as the writes leave it.
+    ``fresh``: ids just made at random, which no collection holds: their rows are planned
+    straight away, and ``versions`` need not remember them."""
+    collection_id = versions.collection_id
     expected = (versions.last_added_us, versions.object_count)
     first_date = max(now_us(), versions.last_added_us + 1)
     dates = list(range(first_date, first_date + len(objects)))
+    addition = Addition(collection_id, expected, dates, [], [], [], [])
+    known = versions.objects
     touched: dict[str, _ObjectVersions] = {}
     for (_, body), what, date in zip(objects, described, dates, strict=True):
-        entry = versions.objects.setdefault(what.object_id, _ObjectVersions())
-        touched[what.object_id] = entry
+        object_id = what.object_id
         if what.version_us is None:
             version_us, version = date, format_us(date)
-            reused = _take_all(entry)
         else:
             version_us, version = what.version_us, str(what.version)
+        if object_id in fresh:
+            row = (what.object_type, what.spec_version, version, version_us, date, True, True)
+            addition.inserts.append((collection_id, object_id, *row, body))
+            continue
+        entry = known.get(object_id)
+        if entry is None:
+            entry = known[object_id] = _ObjectVersions()
+        touched[object_id] = entry
+        if what.version_us is None:
+            reused = _take_all(entry)
+        else:
             old = entry.versions.pop(version_us, None)
             reused = old.stored_as if old else None
-        content = _Content(date, version, what.spec_version, what.object_type, bytes(body))
+        content = _Content(date, version, what.spec_version, what.object_type, body)
         entry.versions[version_us] = _Version(content, reused)
-    addition = Addition(versions.collection_id, expected, dates, [], [], [], [])
     for object_id, entry in touched.items():
-        _plan_writes(versions.collection_id, object_id, entry, addition)
+        _plan_writes(collection_id, object_id, entry, addition)
     versions.last_added_us = dates[-1]
     versions.object_count += addition.gain
     return addition
