@@ -117,12 +117,15 @@ def write_transaction(engine: Engine, *, page_cache_mib: int = 0) -> Iterator[Co
 
 
 def restart_long_log(engine: Engine, most_bytes: int) -> None:
-    """On SQLite, once the write-ahead log has grown past ``most_bytes``: copy it into the
-    database and have the next write start it over from its beginning, waiting (up to the busy
-    timeout) for readers to leave it; if they do not, or another process is doing the same, it
-    is left for the next call. The file keeps its length (writing over pages already in the
-    system's cache is cheaper than growing a truncated file again), at most ``most_bytes``
-    once a connection with that ``journal_size_limit`` starts it over.
+    """On SQLite, once the write-ahead log's file has grown past ``most_bytes``: copy the log
+    into the database and have the next write start it over from its beginning, waiting (up
+    to the busy timeout) for readers to leave it; if they do not, or another process is doing
+    the same, it is left for the next call. The file keeps its length (writing over pages
+    already in the system's cache is cheaper than growing a truncated file again), at most
+    ``most_bytes`` once a connection with that ``journal_size_limit`` starts it over; so from
+    then on every call copies the log and starts it over, which keeps it short. (Doing so
+    only once the log itself filled the file, with the copying left to the publishers' parent,
+    measured no faster: bench/README.md.)
 
     Processes that take turns reading and writing (the publishing processes) can keep some
     reader on the log at every moment; the passive checkpoints SQLite makes on its own then
