@@ -104,7 +104,7 @@ feed_batches = sa.Table(
 
 
 # SQLite's page cache while a publishing transaction writes (see write_transaction).
-_PAGE_CACHE_MIB = 256
+_PAGE_CACHE_MIB = 1024
 # The write-ahead log is started over when it is longer (see restart_long_log).
 _MOST_LOG_BYTES = 1 << 30
 

@@ -251,7 +251,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "publish_commit_objects",
-        "50000",
+        "200000",
         "most objects one publishing transaction commits: whole batches, several at once when "
         "they fit (fewer, larger commits; a batch is never split between two)",
         "10-10000000",
