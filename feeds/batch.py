@@ -181,9 +181,9 @@ def _after(previous: str, wanted: str) -> str:
 
 @dataclass
 class BatchBuilder:
-    """Builds one batch's objects from the indicator state committed before it; the caller
-    writes them, and :meth:`save_states`, in a transaction that first checks that nothing
-    else published the collection meanwhile."""
+    """Builds one batch's objects from the indicator state committed before it
+    (:meth:`load_states`); the caller writes them, and :meth:`state_rows`, in a transaction
+    that first checks that nothing else published the collection meanwhile."""
 
     context: PublishContext
     partner: Partner
@@ -207,8 +207,8 @@ class BatchBuilder:
     def add(self, obj: stix.StixObject) -> None:
         self.objects[(obj["id"], stix.version_of(obj))] = obj
 
-    def build(self, connection: Connection, units: Sequence[Unit]) -> list[stix.StixObject]:
-        self._load_states(connection, units)
+    def build(self, units: Sequence[Unit]) -> list[stix.StixObject]:
+        """The batch's objects; the units' indicator states were loaded first."""
         for shared in self.shared:
             self.add(shared)
         for unit in units:
@@ -225,7 +225,7 @@ class BatchBuilder:
 
     # indicators
 
-    def _load_states(self, connection: Connection, units: Sequence[Unit]) -> None:
+    def load_states(self, connection: Connection, units: Sequence[Unit]) -> None:
         wanted = [self._value_key(unit.item) for unit in units]
         hashes = [value_sha256(kind, value) for kind, value in wanted if kind]
         # Straight to the driver: SQLAlchemy's compiling of thousands of IN values per batch
@@ -428,18 +428,8 @@ class BatchBuilder:
             )
         )
 
-    def save_states(self, connection: Connection) -> None:
-        """Write the indicator state of the batch. Rows go to the driver's executemany as
-        tuples: SQLAlchemy's per-row parameter processing cost more than the writing."""
-        stored_columns = (
-            "generation",
-            "indicator_id",
-            "created",
-            "modified",
-            "valid_from",
-            "valid_until",
-            "expired",
-        )
+    def state_rows(self) -> StateRows:
+        """The indicator state the batch leaves, as rows to write."""
         new: list[tuple[Any, ...]] = []
         changed: list[tuple[Any, ...]] = []
         for sha, state in self.states.items():
@@ -456,21 +446,46 @@ class BatchBuilder:
                 changed.append((*values, self.collection.id, sha))
             else:
                 new.append((*values, self.collection.id, sha, state.observable_type, state.value))
+        return StateRows(new, changed)
+
+
+_STORED_STATE = (
+    "generation",
+    "indicator_id",
+    "created",
+    "modified",
+    "valid_from",
+    "valid_until",
+    "expired",
+)
+
+
+@dataclass(frozen=True)
+class StateRows:
+    """A batch's indicator states: values new to the collection, and values it knew. Plain
+    tuples, cheap to hand from a building process to the writing one."""
+
+    new: list[tuple[Any, ...]]  # _STORED_STATE, collection_id, value_sha256, type, value
+    changed: list[tuple[Any, ...]]  # _STORED_STATE, collection_id, value_sha256
+
+    def save(self, connection: Connection) -> None:
+        """Rows go to the driver's executemany as tuples: SQLAlchemy's per-row parameter
+        processing cost more than the writing."""
         mark = driver_mark(connection)
         table = feed_indicators.name
-        if new:
-            columns = (*stored_columns, "collection_id", "value_sha256", "observable_type", "value")
+        if self.new:
+            columns = (*_STORED_STATE, "collection_id", "value_sha256", "observable_type", "value")
             connection.exec_driver_sql(
                 f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - fixed names
                 f"VALUES ({', '.join([mark] * len(columns))})",
-                new,
+                self.new,
             )
-        if changed:
-            assignments = ", ".join(f"{name} = {mark}" for name in stored_columns)
+        if self.changed:
+            assignments = ", ".join(f"{name} = {mark}" for name in _STORED_STATE)
             connection.exec_driver_sql(
                 f"UPDATE {table} SET {assignments} "  # noqa: S608 - fixed names
                 f"WHERE collection_id = {mark} AND value_sha256 = {mark}",
-                changed,
+                self.changed,
             )
 
 

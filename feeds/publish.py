@@ -19,6 +19,7 @@ processes: while one writes (SQLite takes one writer at a time), another builds.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import ctypes
 import datetime as dt
@@ -28,11 +29,12 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -42,6 +44,7 @@ from feeds.batch import (
     ExpiredIndicator,
     PublishContext,
     Signer,
+    StateRows,
     Unit,
     feed_indicators,
     shared_objects,
@@ -64,6 +67,7 @@ from feeds.signing import build_manifest, digest_of_canonical, sign_manifest
 from feeds.store import metadata, restart_long_log, write_transaction
 from taxii_server.objects import (
     Addition,
+    CollectionVersions,
     Described,
     describe_own,
     load_versions,
@@ -265,25 +269,60 @@ def publish_collection(
     shared: Sequence[stix.StixObject],
 ) -> list[BatchSummary]:
     """Everything new for the collection, a slice of at most ``publish_slice_messages``
-    message ids at a time (a bounded memory whatever the backlog), expiries with the last.
-    ``shared``: the partner's :func:`~feeds.batch.shared_objects`."""
-    with engine.connect() as connection:
-        mark = _read_watermark(connection, collection.id, lock=False)
-        newest = last_message_id(connection)
+    message ids at a time (a bounded memory whatever the backlog), expiries with the last;
+    each commit group built, then written. ``shared``: the partner's
+    :func:`~feeds.batch.shared_objects`."""
+    mark, newest = _start(engine, collection)
     step = int(context.settings.publish_slice_messages)
     summaries: list[BatchSummary] = []
     while True:
-        upto = mark.pending_upto or min(newest, mark.last_message_id + step)
-        final = upto >= newest
-        published, mark = _publish_slice(
-            engine, context, partner, collection, shared, mark, upto, final
-        )
-        summaries.extend(published)
+        upto, final = _slice_end(mark, newest, step)
+        for group in build_slice(engine, context, partner, collection, shared, mark, upto, final):
+            write_group(engine, collection, group, context.now)
+            summaries.extend(batch.summary for batch in group.batches)
+            mark = group.after
         if final:
             return summaries
 
 
-def _publish_slice(
+def _start(engine: Engine, collection: Collection) -> tuple[Watermark, int]:
+    """The collection's watermark, and the newest message id: what a run publishes up to."""
+    with engine.connect() as connection:
+        return _read_watermark(connection, collection.id, lock=False), last_message_id(connection)
+
+
+def _slice_end(mark: Watermark, newest: int, step: int) -> tuple[int, bool]:
+    """The message id the next slice runs up to (a slice a killed run left unfinished is
+    finished first), and whether it is the run's last."""
+    upto = mark.pending_upto or min(newest, mark.last_message_id + step)
+    return upto, upto >= newest
+
+
+@dataclass
+class BuiltBatch:
+    """A batch ready to store: its objects' exact bytes (the report last), the indicator
+    state it leaves, and its row in ``feed_batches``."""
+
+    bodies: list[bytes]
+    states: StateRows
+    row: dict[str, object]
+    summary: BatchSummary
+
+
+@dataclass
+class BuiltGroup:
+    """Batches of a collection committed together, with the writes that store them (planned
+    from what the collection's earlier groups leave), the watermark the commit expects and
+    the one it leaves. Plain data, cheap to hand from a building process to the writing one.
+    A group without batches only moves the watermark."""
+
+    batches: list[BuiltBatch]
+    additions: list[Addition]
+    before: Watermark
+    after: Watermark
+
+
+def build_slice(
     engine: Engine,
     context: PublishContext,
     partner: Partner,
@@ -292,7 +331,14 @@ def _publish_slice(
     mark: Watermark,
     upto: int,
     with_expiry: bool,
-) -> tuple[list[BatchSummary], Watermark]:
+) -> Iterator[BuiltGroup]:
+    """The commit groups that publish messages (``mark``, ``upto``] of the collection, built,
+    hashed, signed and planned from what the collection's last commit and the groups before
+    them leave. They are written in order (:func:`write_group`), all of them before the
+    collection's next slice is built, which reads the indicator state they leave.
+
+    Reads take short transactions: a snapshot held while building would keep the writer from
+    starting the write-ahead log over (:func:`~feeds.store.restart_long_log`)."""
     with engine.connect() as connection:
         units = plan_units(
             connection,
@@ -308,91 +354,51 @@ def _publish_slice(
     done = Watermark(max(upto, mark.last_message_id), None, None)
     if not units:
         if done != mark:
-            with write_transaction(engine) as connection:
-                _check_unchanged(connection, collection, mark)
-                _write_watermark(connection, collection.id, done, context.now)
-        return [], done
+            yield BuiltGroup([], [], mark, done)
+        return
     # Room for the five shared objects and the report in every batch.
     capacity = max(int(context.settings.batch_objects) - 6, 1)
     scrubber = scrubber_for(context.config.sensors.values(), partner)
-    summaries: list[BatchSummary] = []
     chunks = pack(units, capacity)
-    published = 0
-    for group in commit_groups(chunks, int(context.settings.publish_commit_objects)):
-        # Built from the state the last commit left, outside the write transaction, so that
-        # another collection's publisher can write meanwhile; _check_unchanged then makes
-        # sure that state is still the collection's.
+    groups = commit_groups(chunks, int(context.settings.publish_commit_objects))
+    versions: CollectionVersions | None = None
+    before = mark
+    for number, group in enumerate(groups, 1):
+        builders = [BatchBuilder(context, partner, collection, scrubber, shared) for _ in group]
         with engine.connect() as connection:
-            built = [
-                _build_batch(
-                    connection,
-                    BatchBuilder(context, partner, collection, scrubber, shared),
-                    chunk,
-                    upto,
-                    mark,
-                )
-                for chunk in group
-            ]
-            additions = _plan_additions(connection, collection, built)
-        try:
-            with write_transaction(engine, page_cache_mib=_PAGE_CACHE_MIB) as connection:
-                _check_unchanged(connection, collection, mark)
-                if lock_collection(connection, collection.id) != additions[0].expected:
-                    # A TAXII client added or deleted objects since: plan again under the lock.
-                    additions = _plan_additions(connection, collection, built)
-                for batch, addition in zip(built, additions, strict=True):
-                    store_addition(connection, addition)
-                    batch.builder.save_states(connection)
-                    connection.execute(feed_batches.insert().values(batch.row))
-                published += len(group)
-                last = published == len(chunks)
-                mark = done if last else Watermark(mark.last_message_id, upto, group[-1][-1].key)
-                _write_watermark(connection, collection.id, mark, context.now)
-        except sa.exc.IntegrityError:
-            # Two first runs of a collection: no watermark row to lock, so the second
-            # learns of the first only when its own row collides; its batch rolled back.
-            raise PublishConflict(
-                f"collection {collection.alias} was published by another run meanwhile",
-                hint="let that run finish; the next run publishes what is left",
-                collection=collection.alias,
-            ) from None
-        summaries.extend(batch.summary for batch in built)
-        restart_long_log(engine, _MOST_LOG_BYTES)
-    return summaries, mark
+            for builder, chunk in zip(builders, group, strict=True):
+                builder.load_states(connection, chunk)
+        built = [
+            _build_batch(builder, chunk, upto, mark)
+            for builder, chunk in zip(builders, group, strict=True)
+        ]
+        with engine.connect() as connection:
+            versions = _load_versions(connection, collection.id, built, versions)
+        additions = [
+            plan_addition(versions, batch.bodies, described, fresh)
+            for batch, described, fresh in built
+        ]
+        last = number == len(groups)
+        after = done if last else Watermark(mark.last_message_id, upto, group[-1][-1].key)
+        yield BuiltGroup([batch for batch, _, _ in built], additions, before, after)
+        before = after
 
 
-def _check_unchanged(connection: Connection, collection: Collection, expected: Watermark) -> None:
-    current = _read_watermark(connection, collection.id, lock=True)
-    if current != expected:
-        raise PublishConflict(
-            f"collection {collection.alias} was published by another run meanwhile",
-            hint="let that run finish; the next run publishes what is left",
-            collection=collection.alias,
-        )
-
-
-@dataclass
-class BuiltBatch:
-    """A batch ready to store: its objects with their exact bytes, the report last."""
-
-    builder: BatchBuilder
-    objects: list[tuple[stix.StixObject, bytes]]
-    described: list[Described]
-    new_ids: set[str]  # made at random just now: no stored versions to look up
-    row: dict[str, object]
-    summary: BatchSummary
+# A built batch with what planning its writes needs: each object's description, and the ids
+# made at random just now (no stored versions to look up).
+_Described = tuple[BuiltBatch, list[Described], set[str]]
 
 
 def _build_batch(
-    connection: Connection, builder: BatchBuilder, units: Sequence[Unit], upto: int, mark: Watermark
-) -> BuiltBatch:
+    builder: BatchBuilder, units: Sequence[Unit], upto: int, mark: Watermark
+) -> _Described:
     context, partner, collection = builder.context, builder.partner, builder.collection
-    objects = builder.build(connection, units)
-    serialised = []
+    objects = builder.build(units)
+    bodies = []
     rows = []
     for (object_id, version), obj in builder.objects.items():
         body = stix.dumps(obj)
-        serialised.append((obj, body))
+        bodies.append(body)
         rows.append((object_id, version, digest_of_canonical(body)))
     batch_id = str(uuid.uuid4())
     manifest = build_manifest(
@@ -414,9 +420,8 @@ def _build_batch(
         manifest=manifest,
         jws=jws,
     )
-    serialised.append((report, stix.dumps(report)))
-    described = [describe_own(obj) for obj, _ in serialised]
-    made_at_random = {d.object_id for d in described if d.object_type in stix.RANDOM_ID_TYPES}
+    bodies.append(stix.dumps(report))
+    described = [describe_own(obj) for obj in (*builder.objects.values(), report)]
     row = {
         "batch_id": batch_id,
         "collection_id": collection.id,
@@ -435,24 +440,79 @@ def _build_batch(
     summary = BatchSummary(
         collection.alias, batch_id, len(objects) + 1, builder.indicators, builder.expired
     )
-    return BuiltBatch(builder, serialised, described, made_at_random, row, summary)
+    batch = BuiltBatch(bodies, builder.state_rows(), row, summary)
+    return batch, described, _made_at_random(described)
 
 
-def _plan_additions(
-    connection: Connection, collection: Collection, built: Sequence[BuiltBatch]
-) -> list[Addition]:
-    """The writes that store the batches, one after the other, from the collection's versions
-    of their objects as ``connection`` sees them."""
+def _made_at_random(described: Sequence[Described]) -> set[str]:
+    return {what.object_id for what in described if what.object_type in stix.RANDOM_ID_TYPES}
+
+
+def _load_versions(
+    connection: Connection,
+    collection_id: str,
+    batches: Sequence[_Described],
+    known: CollectionVersions | None,
+) -> CollectionVersions:
+    """The collection's versions of the batches' objects, as ``connection`` sees them and
+    as the additions planned from ``known`` leave them."""
     adding = [
         (what.object_id, what.version_us)
-        for batch in built
-        for what in batch.described
-        if what.object_id not in batch.new_ids
+        for _, described, fresh in batches
+        for what in described
+        if what.object_id not in fresh
     ]
-    versions = load_versions(connection, collection.id, adding)
-    return [
-        plan_addition(versions, batch.objects, batch.described, batch.new_ids) for batch in built
+    return load_versions(connection, collection_id, adding, known)
+
+
+def write_group(
+    engine: Engine, collection: Collection, group: BuiltGroup, now: dt.datetime
+) -> None:
+    """Commit a built group: its batches, the indicator state they leave and the watermark,
+    after checking that the collection's watermark is still the one it was built from. If a
+    TAXII client added objects to the collection meanwhile, the writes are planned again
+    under the lock."""
+    try:
+        with write_transaction(engine, page_cache_mib=_PAGE_CACHE_MIB) as connection:
+            _check_unchanged(connection, collection, group.before)
+            additions = group.additions
+            if additions and lock_collection(connection, collection.id) != additions[0].expected:
+                additions = _plan_again(connection, collection.id, group.batches)
+            for batch, addition in zip(group.batches, additions, strict=True):
+                store_addition(connection, addition)
+                batch.states.save(connection)
+                connection.execute(feed_batches.insert().values(batch.row))
+            _write_watermark(connection, collection.id, group.after, now)
+    except sa.exc.IntegrityError:
+        # Two first runs of a collection: no watermark row to lock, so the second
+        # learns of the first only when its own row collides; its batch rolled back.
+        raise PublishConflict(
+            f"collection {collection.alias} was published by another run meanwhile",
+            hint="let that run finish; the next run publishes what is left",
+            collection=collection.alias,
+        ) from None
+    restart_long_log(engine, _MOST_LOG_BYTES)
+
+
+def _check_unchanged(connection: Connection, collection: Collection, expected: Watermark) -> None:
+    current = _read_watermark(connection, collection.id, lock=True)
+    if current != expected:
+        raise PublishConflict(
+            f"collection {collection.alias} was published by another run meanwhile",
+            hint="let that run finish; the next run publishes what is left",
+            collection=collection.alias,
+        )
+
+
+def _plan_again(
+    connection: Connection, collection_id: str, batches: Sequence[BuiltBatch]
+) -> list[Addition]:
+    described = [[describe_own(orjson.loads(body)) for body in batch.bodies] for batch in batches]
+    made = [
+        (batch, what, _made_at_random(what)) for batch, what in zip(batches, described, strict=True)
     ]
+    versions = _load_versions(connection, collection_id, made, None)
+    return [plan_addition(versions, batch.bodies, what, fresh) for batch, what, fresh in made]
 
 
 def load_signer(engine: Engine, keys_dir: Path) -> Signer:
@@ -508,7 +568,7 @@ def publish(
     workers = min(int(settings.publish_workers), len(work))
     with fewer_collections():
         if workers > 1:
-            results = _publish_in_processes(context, work, shared, workers)
+            results = _publish_in_processes(engine, context, work, shared, workers)
         else:
             results = [
                 publish_collection(engine, context, partner, collection, shared[partner.id])
@@ -522,55 +582,122 @@ def publish(
     return report
 
 
+@dataclass
+class _CollectionRun:
+    """A collection's progress in a run published by several processes."""
+
+    partner: Partner
+    collection: Collection
+    mark: Watermark
+    newest: int
+    final: bool = False
+    summaries: list[BatchSummary] = field(default_factory=list)
+
+
 def _publish_in_processes(
+    engine: Engine,
     context: PublishContext,
     work: Sequence[tuple[Partner, Collection]],
     shared: dict[str, list[stix.StixObject]],
     workers: int,
 ) -> list[list[BatchSummary]]:
+    """Slices built in ``workers`` processes and written by this one, the only writer: no
+    other process's commit makes its page cache stale, and it never waits for the write lock
+    while the others select, build, hash, sign and plan. A collection's slices are built one
+    after the other, each once the one before it is written (it reads the indicator state
+    that one leaves); the collections take turns."""
+    runs = [
+        _CollectionRun(partner, collection, *_start(engine, collection))
+        for partner, collection in work
+    ]
+    step = int(context.settings.publish_slice_messages)
+    writer = _publishing_engine(context.settings)
     # Spawned, not forked: a fork would inherit the parent's open SQLite connections.
     pool = concurrent.futures.ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_publisher,
-        initargs=(os.getpid(), context.settings, context.config, context.signer.key, context.now),
+        initializer=_start_builder,
+        initargs=(
+            os.getpid(),
+            context.settings,
+            context.config,
+            context.signer.key,
+            context.now,
+            shared,
+        ),
     )
-    with pool:
-        futures = [
-            pool.submit(_publish_in_process, partner.id, collection.id, shared[partner.id])
-            for partner, collection in work
-        ]
-        try:
-            return [future.result() for future in futures]
-        except concurrent.futures.process.BrokenProcessPool:
-            raise PublishProcessDied(
-                "a publishing process ended abruptly (killed, or out of memory); the batches "
-                "it had not committed were rolled back",
-                hint="run publish again; if it recurs, see the system log and try "
-                "SPAMPOTS_PUBLISH_WORKERS=1",
-            ) from None
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+    waiting = collections.deque(runs)  # whose next slice can be built
+    building: dict[concurrent.futures.Future[list[BuiltGroup]], _CollectionRun] = {}
+
+    def build_more() -> None:
+        # A slice queued for each process besides the one it builds: none waits for the writer.
+        while waiting and len(building) < 2 * workers:
+            run = waiting.popleft()
+            upto, run.final = _slice_end(run.mark, run.newest, step)
+            future = pool.submit(
+                _build_in_process, run.partner.id, run.collection.id, run.mark, upto, run.final
+            )
+            building[future] = run
+
+    try:
+        with pool:
+            try:
+                build_more()
+                while building:
+                    done, _ = concurrent.futures.wait(
+                        building, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    for future in done:
+                        run = building.pop(future)
+                        for group in future.result():
+                            write_group(writer, run.collection, group, context.now)
+                            run.summaries.extend(batch.summary for batch in group.batches)
+                            run.mark = group.after
+                        if not run.final:
+                            waiting.append(run)
+                        build_more()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+    except concurrent.futures.process.BrokenProcessPool:
+        raise PublishProcessDied(
+            "a publishing process ended abruptly (killed, or out of memory); the batches "
+            "it had not committed were rolled back",
+            hint="run publish again; if it recurs, see the system log and try "
+            "SPAMPOTS_PUBLISH_WORKERS=1",
+        ) from None
+    finally:
+        writer.dispose()
+    return [run.summaries for run in runs]
 
 
-_publisher: tuple[Engine, PublishContext] | None = None
-
-
-def _start_publisher(
-    parent: int, settings: Settings, config: PartnersConfig, key: SigningKey, now: dt.datetime
-) -> None:
+def _publishing_engine(settings: Settings) -> Engine:
     from feeds.home import open_store
 
-    global _publisher
-    _die_with_parent(parent)
-    bulk_pace_for_good()
-    signer = Signer(key, load_private_key(Path(settings.keys_dir), key.kid))
     engine = open_store(settings)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _publishing_pragmas)
         engine.dispose()  # the check's connection, opened before the pragmas were set
-    _publisher = (engine, PublishContext(settings, config, signer, now))
+    return engine
+
+
+_builder: tuple[Engine, PublishContext, dict[str, list[stix.StixObject]]] | None = None
+
+
+def _start_builder(
+    parent: int,
+    settings: Settings,
+    config: PartnersConfig,
+    key: SigningKey,
+    now: dt.datetime,
+    shared: dict[str, list[stix.StixObject]],
+) -> None:
+    global _builder
+    _die_with_parent(parent)
+    bulk_pace_for_good()
+    signer = Signer(key, load_private_key(Path(settings.keys_dir), key.kid))
+    context = PublishContext(settings, config, signer, now)
+    _builder = (_publishing_engine(settings), context, shared)
 
 
 def _publishing_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -599,11 +726,15 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _publish_in_process(
-    partner_id: str, collection_id: str, shared: list[stix.StixObject]
-) -> list[BatchSummary]:
-    assert _publisher is not None, "_start_publisher runs first"
-    engine, context = _publisher
+def _build_in_process(
+    partner_id: str, collection_id: str, mark: Watermark, upto: int, with_expiry: bool
+) -> list[BuiltGroup]:
+    assert _builder is not None, "_start_builder runs first"
+    engine, context, shared = _builder
     partner = context.config.partners[partner_id]
     collection = next(c for c in partner.collections if c.id == collection_id)
-    return publish_collection(engine, context, partner, collection, shared)
+    return list(
+        build_slice(
+            engine, context, partner, collection, shared[partner_id], mark, upto, with_expiry
+        )
+    )

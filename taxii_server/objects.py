@@ -265,13 +265,16 @@ def add_objects(
     versions = load_versions(
         connection, collection_id, [(d.object_id, d.version_us) for d in described]
     )
-    addition = plan_addition(versions, objects, described)
+    addition = plan_addition(versions, [body for _, body in objects], described)
     store_addition(connection, addition)
     return [from_us(date) for date in addition.dates]
 
 
 def load_versions(
-    connection: Connection, collection_id: str, adding: Iterable[tuple[str, int | None]]
+    connection: Connection,
+    collection_id: str,
+    adding: Iterable[tuple[str, int | None]],
+    known: CollectionVersions | None = None,
 ) -> CollectionVersions:
     """What the collection holds of the objects in ``adding`` (id, version_us to be added;
     ids absent from the collection, such as fresh random ones, need not be asked for).
@@ -279,15 +282,21 @@ def load_versions(
     Only each object's first and last stored versions (whose flags an addition may change)
     and any stored version being added again are known, not every version in between (an
     indicator republished every run has as many versions as runs), and they are read from the
-    (collection, object id, version) index, not from the rows."""
-    state = connection.execute(
-        sa.select(collection_state.c.last_added_us, collection_state.c.object_count).where(
-            collection_state.c.collection_id == collection_id
-        )
-    ).first()
-    last, count = (int(state[0]), int(state[1])) if state else (0, 0)
+    (collection, object id, version) index, not from the rows.
+
+    ``known``: versions already loaded and planned on (additions not yet written, such as the
+    earlier commit groups of a publishing run): the objects it knows are not read again, the
+    others are added to it, and it is returned."""
+    if known is None:
+        state = connection.execute(
+            sa.select(collection_state.c.last_added_us, collection_state.c.object_count).where(
+                collection_state.c.collection_id == collection_id
+            )
+        ).first()
+        last, count = (int(state[0]), int(state[1])) if state else (0, 0)
+        known = CollectionVersions(collection_id, last, count, {})
     found: dict[str, _ObjectVersions] = {}
-    pairs = list(adding)
+    pairs = [pair for pair in adding if pair[0] not in known.objects]
     # Straight to the driver: SQLAlchemy's compiling of thousands of IN values per batch
     # cost more than the look-up.
     mark = driver_mark(connection)
@@ -324,9 +333,9 @@ def load_versions(
         (object_id, version_us)
         for object_id, version_us in pairs
         if version_us is not None
-        and (known := found.get(object_id)) is not None
-        and version_us not in known.versions
-        and min(known.versions) < version_us < max(known.versions)
+        and (stored := found.get(object_id)) is not None
+        and version_us not in stored.versions
+        and min(stored.versions) < version_us < max(stored.versions)
     }
     by_key = f"{by_id} AND version_us = {mark}"
     for object_id, version_us in sorted(between):
@@ -334,7 +343,8 @@ def load_versions(
         if connection.exec_driver_sql(query, (collection_id, object_id, version_us)).first():
             entry = found[object_id]
             _keep_stored(entry, version_us, min(entry.versions), max(entry.versions))
-    return CollectionVersions(collection_id, last, count, found)
+    known.objects.update(found)
+    return known
 
 
 def _keep_stored(entry: _ObjectVersions, version_us: int, first: int, last: int) -> None:
@@ -344,22 +354,23 @@ def _keep_stored(entry: _ObjectVersions, version_us: int, first: int, last: int)
 
 def plan_addition(
     versions: CollectionVersions,
-    objects: Sequence[tuple[dict[str, Any], bytes]],
+    bodies: Sequence[bytes],
     described: Sequence[Described],
     fresh: AbstractSet[str] = frozenset(),
 ) -> Addition:
-    """The writes that add ``objects`` (see :func:`add_objects`) to the collection as
-    ``versions`` knows it, which afterwards knows the collection as the writes leave it.
+    """The writes that add objects (their exact ``bodies``, see :func:`add_objects`) to the
+    collection as ``versions`` knows it, which afterwards knows the collection as the writes
+    leave it.
     ``fresh``: ids just made at random, which no collection holds: their rows are planned
     straight away, and ``versions`` need not remember them."""
     collection_id = versions.collection_id
     expected = (versions.last_added_us, versions.object_count)
     first_date = max(now_us(), versions.last_added_us + 1)
-    dates = list(range(first_date, first_date + len(objects)))
+    dates = list(range(first_date, first_date + len(bodies)))
     addition = Addition(collection_id, expected, dates, [], [], [], [])
     known = versions.objects
     touched: dict[str, _ObjectVersions] = {}
-    for (_, body), what, date in zip(objects, described, dates, strict=True):
+    for body, what, date in zip(bodies, described, dates, strict=True):
         object_id = what.object_id
         if what.version_us is None:
             version_us, version = date, format_us(date)
