@@ -11,15 +11,15 @@ unit key the watermark keeps, and publishes every unit once. What a batch holds,
 indicator state behind stable ids, is :mod:`feeds.batch`.
 
 Batches are built, hashed, signed and planned (which rows to insert, rewrite or flag) from
-what the last commit left, before the write transaction; the transaction first checks that
-the collection's watermark and state are still what the building saw, so that its lock is
-held only for the writing. Collections are published side by side in ``publish_workers``
+what the last commit left, before the write transaction, reading in short transactions
+(:func:`build_slice`); the transaction first checks that the collection's watermark and
+state are still what the building saw, so that its lock is held only for the writing
+(:func:`write_group`). Collections are published side by side in ``publish_workers``
 processes: while one writes (SQLite takes one writer at a time), another builds.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import ctypes
 import datetime as dt
@@ -568,7 +568,7 @@ def publish(
     workers = min(int(settings.publish_workers), len(work))
     with fewer_collections():
         if workers > 1:
-            results = _publish_in_processes(engine, context, work, shared, workers)
+            results = _publish_in_processes(context, work, shared, workers)
         else:
             results = [
                 publish_collection(engine, context, partner, collection, shared[partner.id])
@@ -582,122 +582,55 @@ def publish(
     return report
 
 
-@dataclass
-class _CollectionRun:
-    """A collection's progress in a run published by several processes."""
-
-    partner: Partner
-    collection: Collection
-    mark: Watermark
-    newest: int
-    final: bool = False
-    summaries: list[BatchSummary] = field(default_factory=list)
-
-
 def _publish_in_processes(
-    engine: Engine,
     context: PublishContext,
     work: Sequence[tuple[Partner, Collection]],
     shared: dict[str, list[stix.StixObject]],
     workers: int,
 ) -> list[list[BatchSummary]]:
-    """Slices built in ``workers`` processes and written by this one, the only writer: no
-    other process's commit makes its page cache stale, and it never waits for the write lock
-    while the others select, build, hash, sign and plan. A collection's slices are built one
-    after the other, each once the one before it is written (it reads the indicator state
-    that one leaves); the collections take turns."""
-    runs = [
-        _CollectionRun(partner, collection, *_start(engine, collection))
-        for partner, collection in work
-    ]
-    step = int(context.settings.publish_slice_messages)
-    writer = _publishing_engine(context.settings)
     # Spawned, not forked: a fork would inherit the parent's open SQLite connections.
     pool = concurrent.futures.ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_builder,
-        initargs=(
-            os.getpid(),
-            context.settings,
-            context.config,
-            context.signer.key,
-            context.now,
-            shared,
-        ),
+        initializer=_start_publisher,
+        initargs=(os.getpid(), context.settings, context.config, context.signer.key, context.now),
     )
-    waiting = collections.deque(runs)  # whose next slice can be built
-    building: dict[concurrent.futures.Future[list[BuiltGroup]], _CollectionRun] = {}
-
-    def build_more() -> None:
-        # A slice queued for each process besides the one it builds: none waits for the writer.
-        while waiting and len(building) < 2 * workers:
-            run = waiting.popleft()
-            upto, run.final = _slice_end(run.mark, run.newest, step)
-            future = pool.submit(
-                _build_in_process, run.partner.id, run.collection.id, run.mark, upto, run.final
-            )
-            building[future] = run
-
-    try:
-        with pool:
-            try:
-                build_more()
-                while building:
-                    done, _ = concurrent.futures.wait(
-                        building, return_when=concurrent.futures.FIRST_COMPLETED
-                    )
-                    for future in done:
-                        run = building.pop(future)
-                        for group in future.result():
-                            write_group(writer, run.collection, group, context.now)
-                            run.summaries.extend(batch.summary for batch in group.batches)
-                            run.mark = group.after
-                        if not run.final:
-                            waiting.append(run)
-                        build_more()
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
-    except concurrent.futures.process.BrokenProcessPool:
-        raise PublishProcessDied(
-            "a publishing process ended abruptly (killed, or out of memory); the batches "
-            "it had not committed were rolled back",
-            hint="run publish again; if it recurs, see the system log and try "
-            "SPAMPOTS_PUBLISH_WORKERS=1",
-        ) from None
-    finally:
-        writer.dispose()
-    return [run.summaries for run in runs]
+    with pool:
+        futures = [
+            pool.submit(_publish_in_process, partner.id, collection.id, shared[partner.id])
+            for partner, collection in work
+        ]
+        try:
+            return [future.result() for future in futures]
+        except concurrent.futures.process.BrokenProcessPool:
+            raise PublishProcessDied(
+                "a publishing process ended abruptly (killed, or out of memory); the batches "
+                "it had not committed were rolled back",
+                hint="run publish again; if it recurs, see the system log and try "
+                "SPAMPOTS_PUBLISH_WORKERS=1",
+            ) from None
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
-def _publishing_engine(settings: Settings) -> Engine:
+_publisher: tuple[Engine, PublishContext] | None = None
+
+
+def _start_publisher(
+    parent: int, settings: Settings, config: PartnersConfig, key: SigningKey, now: dt.datetime
+) -> None:
     from feeds.home import open_store
 
+    global _publisher
+    _die_with_parent(parent)
+    bulk_pace_for_good()
+    signer = Signer(key, load_private_key(Path(settings.keys_dir), key.kid))
     engine = open_store(settings)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _publishing_pragmas)
         engine.dispose()  # the check's connection, opened before the pragmas were set
-    return engine
-
-
-_builder: tuple[Engine, PublishContext, dict[str, list[stix.StixObject]]] | None = None
-
-
-def _start_builder(
-    parent: int,
-    settings: Settings,
-    config: PartnersConfig,
-    key: SigningKey,
-    now: dt.datetime,
-    shared: dict[str, list[stix.StixObject]],
-) -> None:
-    global _builder
-    _die_with_parent(parent)
-    bulk_pace_for_good()
-    signer = Signer(key, load_private_key(Path(settings.keys_dir), key.kid))
-    context = PublishContext(settings, config, signer, now)
-    _builder = (_publishing_engine(settings), context, shared)
+    _publisher = (engine, PublishContext(settings, config, signer, now))
 
 
 def _publishing_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -726,15 +659,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _build_in_process(
-    partner_id: str, collection_id: str, mark: Watermark, upto: int, with_expiry: bool
-) -> list[BuiltGroup]:
-    assert _builder is not None, "_start_builder runs first"
-    engine, context, shared = _builder
+def _publish_in_process(
+    partner_id: str, collection_id: str, shared: list[stix.StixObject]
+) -> list[BatchSummary]:
+    assert _publisher is not None, "_start_publisher runs first"
+    engine, context = _publisher
     partner = context.config.partners[partner_id]
     collection = next(c for c in partner.collections if c.id == collection_id)
-    return list(
-        build_slice(
-            engine, context, partner, collection, shared[partner_id], mark, upto, with_expiry
-        )
-    )
+    return publish_collection(engine, context, partner, collection, shared)

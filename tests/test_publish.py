@@ -32,8 +32,9 @@ from feeds.ingest import ingest_run
 from feeds.partners import load_partners
 from feeds.publish import feed_batches, feed_watermarks, publish
 from feeds.settings import Settings, load_settings
+from feeds.store import write_transaction
 from feeds.verify import VerifyError, verify_collection
-from taxii_server.objects import taxii_objects
+from taxii_server.objects import add_objects, taxii_objects
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
 
@@ -256,6 +257,44 @@ def test_killed_mid_publish_nothing_shows_and_a_rerun_publishes_once(
     observed = [o for o in outcome.verified if o["type"] == "observed-data"]
     assert len(observed) == len(tw_addresses(feed))
     assert publish(feed.settings, partner_id="twcert").batches == []  # nothing new
+
+
+def test_an_object_added_while_a_group_is_built_is_kept_and_the_group_planned_again(
+    feed: Feed, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's writes are planned before its transaction; an object that someone adds to the
+    collection (as the TAXII server's add does) between the planning and the writing makes the
+    writes planned again under the lock: nothing collides, nothing is lost."""
+    feed.settings = load_settings({**feed.env, "SPAMPOTS_PUBLISH_WORKERS": "1"})
+    real_build = publish_module.build_slice
+    note: dict[str, Any] = {
+        "type": "note",
+        "spec_version": "2.1",
+        "id": "note--6f1a2c3e-4b5d-4e6f-8a9b-0c1d2e3f4a5b",
+        "created": "2026-12-04T11:00:00.000Z",
+        "modified": "2026-12-04T11:00:00.000Z",
+        "content": "added by staff while publishing ran",
+        "object_refs": ["identity--6f1a2c3e-4b5d-4e6f-8a9b-0c1d2e3f4a5b"],
+    }
+    added: list[str] = []
+
+    def with_an_object_added(
+        engine: Any, context: Any, partner: Any, collection: Any, *rest: Any
+    ) -> Any:
+        for group in real_build(engine, context, partner, collection, *rest):
+            if group.batches and collection.alias == "twcert-originating" and not added:
+                with write_transaction(engine) as connection:
+                    add_objects(connection, collection.id, [(note, orjson.dumps(note))])
+                added.append(note["id"])
+            yield group
+
+    monkeypatch.setattr(publish_module, "build_slice", with_an_object_added)
+    publish(feed.settings, partner_id="twcert", now=NOW)
+    outcome, _ = verify(feed, server, "twcert-originating")
+    assert added and len(outcome.checks) >= 2 and all(check.ok for check in outcome.checks)
+    assert [entry.split()[0] for entry in outcome.unsigned] == added  # the note, in no batch
+    observed = [o for o in outcome.verified if o["type"] == "observed-data"]
+    assert len(observed) == len(tw_addresses(feed))
 
 
 def test_indicators_keep_their_ids_get_new_versions_and_expire(
