@@ -563,20 +563,27 @@ class Query:
     spec_versions: tuple[str, ...] = ()
 
     def where(self) -> list[sa.ColumnElement[bool]]:
+        """The page's conditions, written so that SQLite, which keeps no statistics, reads the
+        narrowest index: the (collection, object id, version) one for ids, else the
+        (collection, type, date) one for types, else the (collection, is_last, date) one.
+        Left to choose, it takes a date index, for the order, and reads every object of the
+        collection to find a few (seconds for one object among millions)."""
         t = taxii_objects
+        date: sa.ColumnElement[int] = t.c.date_added_us
+        object_type: sa.ColumnElement[str] = t.c.object_type
+        if self.ids:
+            # The same tests, but ones no index serves.
+            date, object_type = date + 0, object_type.concat("")
         clauses: list[sa.ColumnElement[bool]] = [t.c.collection_id == self.collection_id]
         if self.after_us is not None:
-            clauses.append(t.c.date_added_us > self.after_us)
+            clauses.append(date > self.after_us)
         if self.ids:
             clauses.append(t.c.object_id.in_(self.ids))
         if self.types:
-            clauses.append(t.c.object_type.in_(self.types))
+            clauses.append(object_type.in_(self.types))
         if self.spec_versions:
             clauses.append(t.c.spec_version.in_(self.spec_versions))
-        # With a type filter the (collection, type, date) index is the narrow one; SQLite, having
-        # no statistics, would as soon pick the (collection, is_last, date) one and scan every
-        # object for a rare type.
-        version_clause = self.versions.clause(use_flag_index=not self.types)
+        version_clause = self.versions.clause(use_flag_index=not (self.ids or self.types))
         if version_clause is not None:
             clauses.append(version_clause)
         return clauses
@@ -598,14 +605,21 @@ class ManifestRecord:
         }
 
 
-def _page(connection: Connection, query: Query, *columns: Any) -> tuple[list[Any], bool]:
+def page_statement(query: Query, *columns: Any) -> sa.Select[Any]:
+    """The query's page (one row more, to tell whether more follow), by date_added."""
     t = taxii_objects
-    rows = connection.execute(
+    # Objects asked for by id are sorted once found (see Query.where), not read in date order.
+    order = t.c.date_added_us + 0 if query.ids else t.c.date_added_us
+    return (
         sa.select(t.c.date_added_us, *columns)
         .where(*query.where())
-        .order_by(t.c.date_added_us)
+        .order_by(order)
         .limit(query.limit + 1)
-    ).all()
+    )
+
+
+def _page(connection: Connection, query: Query, *columns: Any) -> tuple[list[Any], bool]:
+    rows = connection.execute(page_statement(query, *columns)).all()
     return list(rows[: query.limit]), len(rows) > query.limit
 
 

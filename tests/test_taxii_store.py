@@ -21,11 +21,15 @@ from feeds.store import metadata, write_transaction
 from taxii_server.errors import InvalidObject
 from taxii_server.objects import (
     ALL_VERSIONS,
+    LATEST,
+    Query,
     VersionFilter,
     add_objects,
     delete_versions,
     format_us,
     object_counts,
+    page_statement,
+    taxii_objects,
     to_us,
 )
 
@@ -222,3 +226,36 @@ def test_the_migration_creates_the_tables_as_defined(initialised: Settings) -> N
             if "taxii" in repr(d) and not repr(d).startswith("('remove_table'")
         ]
     assert differences == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_objects_asked_for_by_id_are_found_through_the_id_index(initialised: Settings) -> None:
+    """GET .../objects/{id}/, its versions and match[id]: SQLite keeps no statistics, and left
+    to choose it walked a date index in order, reading the whole collection to find one
+    object (seconds in a collection of millions)."""
+    engine = engine_for(initialised.database_url)
+    filters = itertools.product(
+        (LATEST, ALL_VERSIONS, VersionFilter(first=True), VersionFilter(exact=(5,))),
+        (None, 5),  # added_after, or a next token
+        ((), ("indicator",)),
+        ((), ("2.1",)),
+    )
+    with engine.connect() as connection:
+        for versions, after, types, spec_versions in filters:
+            query = Query(
+                TW,
+                100,
+                after_us=after,
+                ids=("indicator--6f1a2c3e-4b5d-4e6f-8a9b-0c1d2e3f4a5b",),
+                types=types,
+                versions=versions,
+                spec_versions=spec_versions,
+            )
+            statement = page_statement(query, taxii_objects.c.body)
+            sql = statement.compile(engine, compile_kwargs={"literal_binds": True})
+            plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
+            steps = [row[3] for row in plan]
+            assert any("(collection_id=? AND object_id=?" in step for step in steps), (
+                query,
+                steps,
+            )
