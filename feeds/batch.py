@@ -462,8 +462,9 @@ _STORED_STATE = (
 
 @dataclass(frozen=True)
 class StateRows:
-    """A batch's indicator states: values new to the collection, and values it knew. Plain
-    tuples, cheap to hand from a building process to the writing one."""
+    """A batch's indicator states: values new to the collection, and values it knew. Kept
+    apart from the builder, so that a batch waiting for its commit does not keep the
+    builder's objects alive beside their bytes."""
 
     new: list[tuple[Any, ...]]  # _STORED_STATE, collection_id, value_sha256, type, value
     changed: list[tuple[Any, ...]]  # _STORED_STATE, collection_id, value_sha256

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -300,10 +299,12 @@ def _slice_end(mark: Watermark, newest: int, step: int) -> tuple[int, bool]:
 
 @dataclass
 class BuiltBatch:
-    """A batch ready to store: its objects' exact bytes (the report last), the indicator
-    state it leaves, and its row in ``feed_batches``."""
+    """A batch ready to store: its objects' exact bytes (the report last) and what the store
+    needs to know of each, the indicator state it leaves, and its row in ``feed_batches``."""
 
     bodies: list[bytes]
+    described: list[Described]
+    fresh: set[str]  # ids made at random just now: no stored versions to look up
     states: StateRows
     row: dict[str, object]
     summary: BatchSummary
@@ -313,8 +314,7 @@ class BuiltBatch:
 class BuiltGroup:
     """Batches of a collection committed together, with the writes that store them (planned
     from what the collection's earlier groups leave), the watermark the commit expects and
-    the one it leaves. Plain data, cheap to hand from a building process to the writing one.
-    A group without batches only moves the watermark."""
+    the one it leaves. A group without batches only moves the watermark."""
 
     batches: list[BuiltBatch]
     additions: list[Addition]
@@ -372,26 +372,18 @@ def build_slice(
             _build_batch(builder, chunk, upto, mark)
             for builder, chunk in zip(builders, group, strict=True)
         ]
+        del builders, builder  # their objects, now bytes, are not kept while the group is written
         with engine.connect() as connection:
-            versions = _load_versions(connection, collection.id, built, versions)
-        additions = [
-            plan_addition(versions, batch.bodies, described, fresh)
-            for batch, described, fresh in built
-        ]
+            versions, additions = _plan_writes(connection, collection.id, built, versions)
         last = number == len(groups)
         after = done if last else Watermark(mark.last_message_id, upto, group[-1][-1].key)
-        yield BuiltGroup([batch for batch, _, _ in built], additions, before, after)
+        yield BuiltGroup(built, additions, before, after)
         before = after
-
-
-# A built batch with what planning its writes needs: each object's description, and the ids
-# made at random just now (no stored versions to look up).
-_Described = tuple[BuiltBatch, list[Described], set[str]]
 
 
 def _build_batch(
     builder: BatchBuilder, units: Sequence[Unit], upto: int, mark: Watermark
-) -> _Described:
+) -> BuiltBatch:
     context, partner, collection = builder.context, builder.partner, builder.collection
     objects = builder.build(units)
     bodies = []
@@ -440,29 +432,30 @@ def _build_batch(
     summary = BatchSummary(
         collection.alias, batch_id, len(objects) + 1, builder.indicators, builder.expired
     )
-    batch = BuiltBatch(bodies, builder.state_rows(), row, summary)
-    return batch, described, _made_at_random(described)
+    made_at_random = {d.object_id for d in described if d.object_type in stix.RANDOM_ID_TYPES}
+    return BuiltBatch(bodies, described, made_at_random, builder.state_rows(), row, summary)
 
 
-def _made_at_random(described: Sequence[Described]) -> set[str]:
-    return {what.object_id for what in described if what.object_type in stix.RANDOM_ID_TYPES}
-
-
-def _load_versions(
+def _plan_writes(
     connection: Connection,
     collection_id: str,
-    batches: Sequence[_Described],
-    known: CollectionVersions | None,
-) -> CollectionVersions:
-    """The collection's versions of the batches' objects, as ``connection`` sees them and
-    as the additions planned from ``known`` leave them."""
+    batches: Sequence[BuiltBatch],
+    known: CollectionVersions | None = None,
+) -> tuple[CollectionVersions, list[Addition]]:
+    """The writes that store the batches, one after the other, from the collection's versions
+    of their objects as ``connection`` sees them and as the additions already planned from
+    ``known`` leave them; and the versions as these writes leave them."""
     adding = [
         (what.object_id, what.version_us)
-        for _, described, fresh in batches
-        for what in described
-        if what.object_id not in fresh
+        for batch in batches
+        for what in batch.described
+        if what.object_id not in batch.fresh
     ]
-    return load_versions(connection, collection_id, adding, known)
+    versions = load_versions(connection, collection_id, adding, known)
+    additions = [
+        plan_addition(versions, batch.bodies, batch.described, batch.fresh) for batch in batches
+    ]
+    return versions, additions
 
 
 def write_group(
@@ -477,7 +470,7 @@ def write_group(
             _check_unchanged(connection, collection, group.before)
             additions = group.additions
             if additions and lock_collection(connection, collection.id) != additions[0].expected:
-                additions = _plan_again(connection, collection.id, group.batches)
+                _, additions = _plan_writes(connection, collection.id, group.batches)
             for batch, addition in zip(group.batches, additions, strict=True):
                 store_addition(connection, addition)
                 batch.states.save(connection)
@@ -486,33 +479,21 @@ def write_group(
     except sa.exc.IntegrityError:
         # Two first runs of a collection: no watermark row to lock, so the second
         # learns of the first only when its own row collides; its batch rolled back.
-        raise PublishConflict(
-            f"collection {collection.alias} was published by another run meanwhile",
-            hint="let that run finish; the next run publishes what is left",
-            collection=collection.alias,
-        ) from None
+        raise _published_meanwhile(collection) from None
     restart_long_log(engine, _MOST_LOG_BYTES)
 
 
 def _check_unchanged(connection: Connection, collection: Collection, expected: Watermark) -> None:
-    current = _read_watermark(connection, collection.id, lock=True)
-    if current != expected:
-        raise PublishConflict(
-            f"collection {collection.alias} was published by another run meanwhile",
-            hint="let that run finish; the next run publishes what is left",
-            collection=collection.alias,
-        )
+    if _read_watermark(connection, collection.id, lock=True) != expected:
+        raise _published_meanwhile(collection)
 
 
-def _plan_again(
-    connection: Connection, collection_id: str, batches: Sequence[BuiltBatch]
-) -> list[Addition]:
-    described = [[describe_own(orjson.loads(body)) for body in batch.bodies] for batch in batches]
-    made = [
-        (batch, what, _made_at_random(what)) for batch, what in zip(batches, described, strict=True)
-    ]
-    versions = _load_versions(connection, collection_id, made, None)
-    return [plan_addition(versions, batch.bodies, what, fresh) for batch, what, fresh in made]
+def _published_meanwhile(collection: Collection) -> PublishConflict:
+    return PublishConflict(
+        f"collection {collection.alias} was published by another run meanwhile",
+        hint="let that run finish; the next run publishes what is left",
+        collection=collection.alias,
+    )
 
 
 def load_signer(engine: Engine, keys_dir: Path) -> Signer:
