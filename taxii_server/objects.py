@@ -6,8 +6,7 @@ so ``added_after`` compares at full precision. ``date_added`` is unique and incr
 collection: adding takes the collection's row in ``taxii_collection_state`` for update, so
 batches of one collection commit in the order of their dates and a reader that saw date D never
 later meets a new object dated before D. ``is_last``/``is_first`` mark each object's newest and
-oldest version so that the default ``match[version]=last`` is an index range scan (of an index
-that holds the newest versions only).
+oldest version so that the default ``match[version]=last`` is an index range scan.
 """
 
 from __future__ import annotations
@@ -57,15 +56,7 @@ taxii_objects = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.UniqueConstraint("collection_id", "date_added_us"),
     sa.UniqueConstraint("collection_id", "object_id", "version_us"),
-    # Newest versions only (TAXII's default match[version]=last): a new version of an object
-    # takes the one before out instead of moving it elsewhere in the index (migration 0011).
-    sa.Index(
-        "ix_taxii_objects_last",
-        "collection_id",
-        "date_added_us",
-        sqlite_where=sa.text("is_last = 1"),
-        postgresql_where=sa.text("is_last"),
-    ),
+    sa.Index("ix_taxii_objects_last", "collection_id", "is_last", "date_added_us"),
     # match[type] of a rare type (a batch's one report) must not scan the whole collection
     sa.Index("ix_taxii_objects_type", "collection_id", "object_type", "date_added_us"),
 )
@@ -574,7 +565,7 @@ class Query:
     def where(self) -> list[sa.ColumnElement[bool]]:
         """The page's conditions, written so that SQLite, which keeps no statistics, reads the
         narrowest index: the (collection, object id, version) one for ids, else the
-        (collection, type, date) one for types, else the newest versions' (collection, date) one.
+        (collection, type, date) one for types, else the (collection, is_last, date) one.
         Left to choose, it takes a date index, for the order, and reads every object of the
         collection to find a few (seconds for one object among millions)."""
         t = taxii_objects

@@ -259,16 +259,3 @@ def test_objects_asked_for_by_id_are_found_through_the_id_index(initialised: Set
                 query,
                 steps,
             )
-
-
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_the_default_page_reads_the_newest_versions_index(initialised: Settings) -> None:
-    """match[version]=last, TAXII's default, with or without added_after: a range of the index
-    that holds each object's newest version only."""
-    engine = engine_for(initialised.database_url)
-    with engine.connect() as connection:
-        for after in (None, 5):
-            statement = page_statement(Query(TW, 100, after_us=after), taxii_objects.c.body)
-            sql = statement.compile(engine, compile_kwargs={"literal_binds": True})
-            steps = [row[3] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
-            assert len(steps) == 1 and "USING INDEX ix_taxii_objects_last" in steps[0], steps
