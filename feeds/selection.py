@@ -136,15 +136,16 @@ def sources_query(condition: sa.ColumnElement[bool]) -> sa.Select[Any]:
     )
 
 
-def with_url_links(after: int, upto: int) -> sa.Join:
-    """messages joined to their URL links, the links read within the same id window.
+def with_url_links(after: int, upto: int, chosen: sa.FromClause = messages) -> sa.Join:
+    """messages (or ``chosen`` ones, by their ``id``) joined to their URL links, the links
+    read within the same id window.
 
     PostgreSQL carries no range across a join's equality: without its own bounds the links
     table is read whole, all of history, for one window of messages."""
     mu = message_urls.c
-    return messages.join(
+    return chosen.join(
         message_urls,
-        sa.and_(mu.message_id == messages.c.id, mu.message_id > after, mu.message_id <= upto),
+        sa.and_(mu.message_id == chosen.c.id, mu.message_id > after, mu.message_id <= upto),
     )
 
 
@@ -167,12 +168,7 @@ def spam_urls_query(condition: sa.ColumnElement[bool], after: int, upto: int) ->
         sa.select(
             u.url, u.sha256, sa.func.min(chosen.c.ts), sa.func.max(chosen.c.ts), sa.func.count()
         )
-        .select_from(
-            chosen.join(
-                message_urls,
-                sa.and_(mu.message_id == chosen.c.id, mu.message_id > after, mu.message_id <= upto),
-            ).join(urls, u.id == mu.url_id)
-        )
+        .select_from(with_url_links(after, upto, chosen).join(urls, u.id == mu.url_id))
         # Grouped in the order wanted, so that one sort serves both (a digest names one URL).
         .group_by(u.sha256, u.id, u.url)
         .order_by(u.sha256, u.id, u.url)
