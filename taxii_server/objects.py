@@ -296,6 +296,7 @@ def load_versions(
         last, count = (int(state[0]), int(state[1])) if state else (0, 0)
         known = CollectionVersions(collection_id, last, count, {})
     found: dict[str, _ObjectVersions] = {}
+    bounds: dict[str, tuple[int, int]] = {}  # each found object's first and last stored version
     pairs = [pair for pair in adding if pair[0] not in known.objects]
     # Straight to the driver: SQLAlchemy's compiling of thousands of IN values per batch
     # cost more than the look-up.
@@ -313,42 +314,46 @@ def load_versions(
             f"WHERE collection_id = {mark} AND object_id IN ({', '.join([mark] * len(chunk))}) "
             "GROUP BY object_id"
         )
-        for object_id, first, last_version, stored in connection.exec_driver_sql(
+        for object_id, first, last, stored in connection.exec_driver_sql(
             query, (collection_id, *chunk)
         ):
-            entry = found.setdefault(object_id, _ObjectVersions())
-            _keep_stored(entry, int(first), int(first), int(last_version))
-            _keep_stored(entry, int(last_version), int(first), int(last_version))
+            bounds[object_id] = (int(first), int(last))
+            for version_us in bounds[object_id]:
+                _keep_stored(found, bounds, object_id, version_us)
             if stored > 2 and object_id in unversioned:
                 crowded.append(object_id)  # added without a version: replaces every one
     by_id = f"collection_id = {mark} AND object_id = {mark}"
     for object_id in crowded:
-        entry = found[object_id]
-        first, last_version = min(entry.versions), max(entry.versions)
         query = f"SELECT version_us FROM {table} WHERE {by_id}"  # noqa: S608
         for (version_us,) in connection.exec_driver_sql(query, (collection_id, object_id)):
-            _keep_stored(entry, int(version_us), first, last_version)
+            _keep_stored(found, bounds, object_id, int(version_us))
     # A version between an object's first and last may be stored: look for it by its key.
     between = {
         (object_id, version_us)
         for object_id, version_us in pairs
         if version_us is not None
-        and (stored := found.get(object_id)) is not None
-        and version_us not in stored.versions
-        and min(stored.versions) < version_us < max(stored.versions)
+        and object_id in bounds
+        and bounds[object_id][0] < version_us < bounds[object_id][1]
+        and version_us not in found[object_id].versions
     }
     by_key = f"{by_id} AND version_us = {mark}"
     for object_id, version_us in sorted(between):
         query = f"SELECT version_us FROM {table} WHERE {by_key}"  # noqa: S608
         if connection.exec_driver_sql(query, (collection_id, object_id, version_us)).first():
-            entry = found[object_id]
-            _keep_stored(entry, version_us, min(entry.versions), max(entry.versions))
+            _keep_stored(found, bounds, object_id, version_us)
     known.objects.update(found)
     return known
 
 
-def _keep_stored(entry: _ObjectVersions, version_us: int, first: int, last: int) -> None:
-    """A stored version, flagged as the object's first and last stored versions say."""
+def _keep_stored(
+    found: dict[str, _ObjectVersions],
+    bounds: dict[str, tuple[int, int]],
+    object_id: str,
+    version_us: int,
+) -> None:
+    """A stored version of an object, flagged as its first and last stored versions say."""
+    first, last = bounds[object_id]
+    entry = found.setdefault(object_id, _ObjectVersions())
     entry.versions[version_us] = _Version(None, version_us, version_us == last, version_us == first)
 
 
@@ -569,14 +574,12 @@ class Query:
         Left to choose, it takes a date index, for the order, and reads every object of the
         collection to find a few (seconds for one object among millions)."""
         t = taxii_objects
-        date: sa.ColumnElement[int] = t.c.date_added_us
         object_type: sa.ColumnElement[str] = t.c.object_type
         if self.ids:
-            # The same tests, but ones no index serves.
-            date, object_type = date + 0, object_type.concat("")
+            object_type = object_type.concat("")  # the same test, but one no index serves
         clauses: list[sa.ColumnElement[bool]] = [t.c.collection_id == self.collection_id]
         if self.after_us is not None:
-            clauses.append(date > self.after_us)
+            clauses.append(self.date_added() > self.after_us)
         if self.ids:
             clauses.append(t.c.object_id.in_(self.ids))
         if self.types:
@@ -587,6 +590,11 @@ class Query:
         if version_clause is not None:
             clauses.append(version_clause)
         return clauses
+
+    def date_added(self) -> sa.ColumnElement[int]:
+        """date_added as the conditions and the order test it: objects asked for by id are
+        sorted once found, so there in a form no index serves (see :meth:`where`)."""
+        return taxii_objects.c.date_added_us + 0 if self.ids else taxii_objects.c.date_added_us
 
 
 @dataclass(frozen=True)
@@ -607,13 +615,10 @@ class ManifestRecord:
 
 def page_statement(query: Query, *columns: Any) -> sa.Select[Any]:
     """The query's page (one row more, to tell whether more follow), by date_added."""
-    t = taxii_objects
-    # Objects asked for by id are sorted once found (see Query.where), not read in date order.
-    order = t.c.date_added_us + 0 if query.ids else t.c.date_added_us
     return (
-        sa.select(t.c.date_added_us, *columns)
+        sa.select(taxii_objects.c.date_added_us, *columns)
         .where(*query.where())
-        .order_by(order)
+        .order_by(query.date_added())
         .limit(query.limit + 1)
     )
 
