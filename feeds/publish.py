@@ -271,30 +271,20 @@ def publish_collection(
     message ids at a time (a bounded memory whatever the backlog), expiries with the last;
     each commit group built, then written. ``shared``: the partner's
     :func:`~feeds.batch.shared_objects`."""
-    mark, newest = _start(engine, collection)
+    with engine.connect() as connection:
+        mark = _read_watermark(connection, collection.id, lock=False)
+        newest = last_message_id(connection)
     step = int(context.settings.publish_slice_messages)
     summaries: list[BatchSummary] = []
     while True:
-        upto, final = _slice_end(mark, newest, step)
+        upto = mark.pending_upto or min(newest, mark.last_message_id + step)
+        final = upto >= newest
         for group in build_slice(engine, context, partner, collection, shared, mark, upto, final):
             write_group(engine, collection, group, context.now)
             summaries.extend(batch.summary for batch in group.batches)
             mark = group.after
         if final:
             return summaries
-
-
-def _start(engine: Engine, collection: Collection) -> tuple[Watermark, int]:
-    """The collection's watermark, and the newest message id: what a run publishes up to."""
-    with engine.connect() as connection:
-        return _read_watermark(connection, collection.id, lock=False), last_message_id(connection)
-
-
-def _slice_end(mark: Watermark, newest: int, step: int) -> tuple[int, bool]:
-    """The message id the next slice runs up to (a slice a killed run left unfinished is
-    finished first), and whether it is the run's last."""
-    upto = mark.pending_upto or min(newest, mark.last_message_id + step)
-    return upto, upto >= newest
 
 
 @dataclass
@@ -366,13 +356,11 @@ def build_slice(
     for number, group in enumerate(groups, 1):
         builders = [BatchBuilder(context, partner, collection, scrubber, shared) for _ in group]
         with engine.connect() as connection:
-            for builder, chunk in zip(builders, group, strict=True):
-                builder.load_states(connection, chunk)
-        built = [
-            _build_batch(builder, chunk, upto, mark)
-            for builder, chunk in zip(builders, group, strict=True)
-        ]
-        del builders, builder  # their objects, now bytes, are not kept while the group is written
+            for index, chunk in enumerate(group):
+                builders[index].load_states(connection, chunk)
+        # Taken out of the list as they are built: their objects, now bytes, are not kept
+        # while the group is written.
+        built = [_build_batch(builders.pop(0), chunk, upto, mark) for chunk in group]
         with engine.connect() as connection:
             versions, additions = _plan_writes(connection, collection.id, built, versions)
         last = number == len(groups)
