@@ -457,8 +457,11 @@ def write_group(
         with write_transaction(engine, page_cache_mib=_PAGE_CACHE_MIB) as connection:
             _check_unchanged(connection, collection, group.before)
             additions = group.additions
-            if additions and lock_collection(connection, collection.id) != additions[0].expected:
-                _, additions = _plan_writes(connection, collection.id, group.batches)
+            if additions:
+                state = lock_collection(connection, collection.id)
+                if state != additions[0].expected:
+                    current = CollectionVersions(collection.id, *state, {})
+                    _, additions = _plan_writes(connection, collection.id, group.batches, current)
             for batch, addition in zip(group.batches, additions, strict=True):
                 store_addition(connection, addition)
                 batch.states.save(connection)

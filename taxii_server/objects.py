@@ -261,9 +261,9 @@ def add_objects(
     if not objects:
         return []
     described = [describe(obj) for obj, _ in objects]
-    lock_collection(connection, collection_id)
+    state = CollectionVersions(collection_id, *lock_collection(connection, collection_id), {})
     versions = load_versions(
-        connection, collection_id, [(d.object_id, d.version_us) for d in described]
+        connection, collection_id, [(d.object_id, d.version_us) for d in described], state
     )
     addition = plan_addition(versions, [body for _, body in objects], described)
     store_addition(connection, addition)
@@ -285,8 +285,9 @@ def load_versions(
     (collection, object id, version) index, not from the rows.
 
     ``known``: versions already loaded and planned on (additions not yet written, such as the
-    earlier commit groups of a publishing run): the objects it knows are not read again, the
-    others are added to it, and it is returned."""
+    earlier commit groups of a publishing run), or only the collection's state as the lock
+    read it: the objects it knows are not read again, the others are added to it, and it is
+    returned."""
     if known is None:
         state = connection.execute(
             sa.select(collection_state.c.last_added_us, collection_state.c.object_count).where(
