@@ -55,6 +55,7 @@ from feeds.keys import SigningKey, active_key, load_private_key
 from feeds.partners import Collection, Partner, PartnersConfig, load_partners
 from feeds.sanitize import scrubber_for
 from feeds.selection import (
+    count_messages,
     last_message_id,
     message_condition,
     samples,
@@ -110,6 +111,8 @@ feed_batches = sa.Table(
 _PAGE_CACHE_MIB = 1024
 # The write-ahead log is started over when it is longer (see restart_long_log).
 _MOST_LOG_BYTES = 1 << 30
+# The newest messages whose share in each collection estimates its backlog (largest_first).
+_SAMPLE_MESSAGES = 50_000
 
 
 class PublishConflict(StoreError):
@@ -540,7 +543,10 @@ def publish(
     workers = min(int(settings.publish_workers), len(work))
     with fewer_collections():
         if workers > 1:
-            results = _publish_in_processes(context, work, shared, workers)
+            with engine.connect() as connection:
+                order = largest_first(connection, work)
+            ordered = _publish_in_processes(context, [work[i] for i in order], shared, workers)
+            results = [ordered[order.index(i)] for i in range(len(work))]
         else:
             results = [
                 publish_collection(engine, context, partner, collection, shared[partner.id])
@@ -552,6 +558,21 @@ def publish(
         if not published:
             report.idle.append(collection.alias)
     return report
+
+
+def largest_first(connection: Connection, work: Sequence[tuple[Partner, Collection]]) -> list[int]:
+    """The order in which to hand ``work`` to the publishing processes: the largest backlog
+    first, so that a run does not end with one process publishing a large collection while
+    the others idle. A backlog is estimated as the messages a collection has not published
+    times its share of the newest messages (a scan of those alone, not a selection)."""
+    newest = last_message_id(connection)
+    since = max(newest - _SAMPLE_MESSAGES, 0)
+    backlogs = []
+    for partner, collection in work:
+        pending = newest - _read_watermark(connection, collection.id, lock=False).last_message_id
+        chosen = message_condition(partner, collection.feed, since, newest)
+        backlogs.append(pending * count_messages(connection, chosen) if pending > 0 else 0)
+    return sorted(range(len(work)), key=lambda index: -backlogs[index])
 
 
 def _publish_in_processes(

@@ -110,6 +110,14 @@ def last_message_id(connection: Connection) -> int:
     return int(connection.execute(sa.select(sa.func.max(messages.c.id))).scalar() or 0)
 
 
+def count_messages(connection: Connection, condition: sa.ColumnElement[bool]) -> int:
+    return int(
+        connection.execute(
+            sa.select(sa.func.count()).select_from(messages).where(condition)
+        ).scalar_one()
+    )
+
+
 def sources(connection: Connection, condition: sa.ColumnElement[bool]) -> list[SourceActivity]:
     return [
         SourceActivity(ip, key, int(asn) if asn is not None else None, name, first, last, count)

@@ -30,7 +30,7 @@ from feeds.generator import Generated, _plan_networks
 from feeds.home import engine_for, init_home
 from feeds.ingest import ingest_run
 from feeds.partners import load_partners
-from feeds.publish import feed_batches, feed_watermarks, publish
+from feeds.publish import feed_batches, feed_watermarks, largest_first, publish
 from feeds.settings import Settings, load_settings
 from feeds.store import write_transaction
 from feeds.verify import VerifyError, verify_collection
@@ -499,6 +499,30 @@ def test_a_backlog_is_published_in_slices(feed: Feed, server: RunningServer) -> 
             by_address.setdefault(obj["pattern"].split("'")[1], set()).add(obj["id"])
     assert set(by_address) == tw_addresses(feed)
     assert all(len(ids) == 1 for ids in by_address.values())  # one id per address
+
+
+def test_the_largest_backlogs_are_published_first(feed: Feed) -> None:
+    publish(feed.settings, partner_id="twcert", now=NOW)
+    config = load_partners(feed.settings.partners)
+    work = [(p, c) for p in config.partners.values() for c in p.collections]
+    with engine_for(feed.settings.database_url).connect() as connection:
+        ranked = [work[index][1].alias for index in largest_first(connection, work)]
+    assert sorted(ranked) == sorted(c.alias for _, c in work)
+    assert set(ranked[-2:]) == {"twcert-originating", "twcert-returning"}  # nothing left
+
+    publish(feed.settings, now=NOW)
+    with engine_for(feed.settings.database_url).connect() as connection:
+        published = Counter(
+            {
+                config.collection(collection_id).alias: objects  # type: ignore[union-attr]
+                for collection_id, objects in connection.execute(
+                    sa.select(feed_batches.c.collection_id, sa.func.sum(feed_batches.c.objects))
+                    .where(feed_batches.c.partner_id != "twcert")
+                    .group_by(feed_batches.c.collection_id)
+                )
+            }
+        )
+    assert ranked[0] == published.most_common(1)[0][0]
 
 
 def test_a_changed_producer_is_a_new_identity_version(feed: Feed, server: RunningServer) -> None:
