@@ -6,7 +6,8 @@ so ``added_after`` compares at full precision. ``date_added`` is unique and incr
 collection: adding takes the collection's row in ``taxii_collection_state`` for update, so
 batches of one collection commit in the order of their dates and a reader that saw date D never
 later meets a new object dated before D. ``is_last``/``is_first`` mark each object's newest and
-oldest version so that the default ``match[version]=last`` is an index range scan.
+oldest version, read from the row as the date index is walked: no index of their own, which
+every write of a new version or a re-added SCO would have to move (migration 0011).
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ taxii_objects = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.UniqueConstraint("collection_id", "date_added_us"),
     sa.UniqueConstraint("collection_id", "object_id", "version_us"),
-    sa.Index("ix_taxii_objects_last", "collection_id", "is_last", "date_added_us"),
     # match[type] of a rare type (a batch's one report) must not scan the whole collection
     sa.Index("ix_taxii_objects_type", "collection_id", "object_type", "date_added_us"),
 )
@@ -532,21 +532,15 @@ class VersionFilter:
     last: bool = False
     exact: tuple[int, ...] = ()
 
-    def clause(self, use_flag_index: bool = True) -> sa.ColumnElement[bool] | None:
+    def clause(self) -> sa.ColumnElement[bool] | None:
         if self.all:
             return None
         t = taxii_objects
-        is_last: sa.ColumnElement[bool] = t.c.is_last
-        is_first: sa.ColumnElement[bool] = t.c.is_first
-        if not use_flag_index:
-            # The same test, but one no index can serve: the planner then takes another.
-            is_last = sa.func.coalesce(t.c.is_last, sa.false())
-            is_first = sa.func.coalesce(t.c.is_first, sa.false())
         parts: list[sa.ColumnElement[bool]] = []
         if self.last:
-            parts.append(is_last == sa.true())
+            parts.append(t.c.is_last == sa.true())
         if self.first:
-            parts.append(is_first == sa.true())
+            parts.append(t.c.is_first == sa.true())
         if self.exact:
             parts.append(t.c.version_us.in_(self.exact))
         return sa.or_(*parts)
@@ -571,7 +565,7 @@ class Query:
     def where(self) -> list[sa.ColumnElement[bool]]:
         """The page's conditions, written so that SQLite, which keeps no statistics, reads the
         narrowest index: the (collection, object id, version) one for ids, else the
-        (collection, type, date) one for types, else the (collection, is_last, date) one.
+        (collection, type, date) one for types, else the (collection, date) one.
         Left to choose, it takes a date index, for the order, and reads every object of the
         collection to find a few (seconds for one object among millions)."""
         t = taxii_objects
@@ -587,7 +581,7 @@ class Query:
             clauses.append(object_type.in_(self.types))
         if self.spec_versions:
             clauses.append(t.c.spec_version.in_(self.spec_versions))
-        version_clause = self.versions.clause(use_flag_index=not (self.ids or self.types))
+        version_clause = self.versions.clause()
         if version_clause is not None:
             clauses.append(version_clause)
         return clauses

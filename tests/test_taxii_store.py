@@ -259,3 +259,37 @@ def test_objects_asked_for_by_id_are_found_through_the_id_index(initialised: Set
                 query,
                 steps,
             )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_pages_without_ids_walk_a_date_index_in_order(initialised: Settings) -> None:
+    """A partner's poll (latest versions by default): the (collection, date) index, or the
+    (collection, type, date) one for types, walked in date order; never a sort of the
+    collection, which would read all of it for every page."""
+    engine = engine_for(initialised.database_url)
+    filters = itertools.product(
+        (LATEST, ALL_VERSIONS, VersionFilter(first=True), VersionFilter(exact=(5,))),
+        (None, 5),
+        ((), ("indicator",)),
+        ((), ("2.1",)),
+    )
+    with engine.connect() as connection:
+        for versions, after, types, spec_versions in filters:
+            query = Query(
+                TW,
+                100,
+                after_us=after,
+                types=types,
+                versions=versions,
+                spec_versions=spec_versions,
+            )
+            sql = page_statement(query, taxii_objects.c.body).compile(
+                engine, compile_kwargs={"literal_binds": True}
+            )
+            steps = [row[3] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+            # sqlite_autoindex_taxii_objects_1: the unique (collection_id, date_added_us)
+            index = "ix_taxii_objects_type" if types else "sqlite_autoindex_taxii_objects_1"
+            assert len(steps) == 1 and f"USING INDEX {index} (collection_id=?" in steps[0], (
+                query,
+                steps,
+            )
