@@ -55,6 +55,7 @@ from feeds.keys import SigningKey, active_key, load_private_key
 from feeds.partners import Collection, Partner, PartnersConfig, load_partners
 from feeds.sanitize import scrubber_for
 from feeds.selection import (
+    chosen_once,
     count_messages,
     last_message_id,
     message_condition,
@@ -138,17 +139,18 @@ def plan_units(
     seen: set[str] = set()
     if upto > after:
         condition = message_condition(partner, collection.feed, after, upto)
-        if "ips" in partner.share:
-            for source in sources(connection, condition):
-                seen.add(value_sha256(stix.address_type(source.address), source.address))
-                units.append(Unit(f"1|{source.ip_key}", source, 6 if source.asn else 5))
-        if "urls" in partner.share:
-            for found in spam_urls(connection, condition, after, upto):
-                seen.add(value_sha256("url", stix.uri(found.url)))
-                units.append(Unit(f"2|{found.sha256}", found, 2))
-        if "samples" in partner.share:
-            for sample in samples(connection, condition, sample_limit):
-                units.append(Unit(f"3|{sample.raw_sha256}", sample, 2))
+        with chosen_once(connection, condition, after, upto) as chosen:
+            if "ips" in partner.share:
+                for source in sources(connection, chosen):
+                    seen.add(value_sha256(stix.address_type(source.address), source.address))
+                    units.append(Unit(f"1|{source.ip_key}", source, 6 if source.asn else 5))
+            if "urls" in partner.share:
+                for found in spam_urls(connection, chosen, after, upto):
+                    seen.add(value_sha256("url", stix.uri(found.url)))
+                    units.append(Unit(f"2|{found.sha256}", found, 2))
+            if "samples" in partner.share:
+                for sample in samples(connection, chosen, sample_limit):
+                    units.append(Unit(f"3|{sample.raw_sha256}", sample, 2))
     if now is not None:
         t = feed_indicators.c
         expired = connection.execute(

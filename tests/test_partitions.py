@@ -15,7 +15,16 @@ from ingest_helpers import GeneratedHome
 from conftest import REPO
 from feeds.home import open_store
 from feeds.partners import load_partners
-from feeds.selection import message_condition, samples_query, sources_query, spam_urls_query
+from feeds.selection import (
+    chosen_once,
+    message_condition,
+    samples,
+    samples_query,
+    sources,
+    sources_query,
+    spam_urls,
+    spam_urls_query,
+)
 from feeds.settings import Settings
 from feeds.store import bulk_insert, connect, migrate, write_transaction
 from feeds.store.captures import message_domains, messages, sessions
@@ -144,13 +153,15 @@ def test_every_selection_reads_the_messages_of_its_window_by_id(initialised: Set
         for partner in partners:
             for feed in ("originating", "returning"):
                 condition = message_condition(partner, feed, after, upto)
-                queries = {
-                    "sources": sources_query(condition),
-                    "urls": spam_urls_query(condition, after, upto),
-                    "samples": samples_query(condition, 10),
-                }
-                for name, query in queries.items():
-                    plans[partner.id, feed, name] = plan_of(connection, query)
+                with chosen_once(connection, condition, after, upto) as chosen:
+                    for form, picked in (("condition", condition), ("chosen once", chosen)):
+                        queries = {
+                            "sources": sources_query(picked),
+                            "urls": spam_urls_query(picked, after, upto),
+                            "samples": samples_query(picked, 10),
+                        }
+                        for name, query in queries.items():
+                            plans[partner.id, feed, form, name] = plan_of(connection, query)
     for what, plan in plans.items():
         message_reads = [
             line
@@ -165,6 +176,32 @@ def test_every_selection_reads_the_messages_of_its_window_by_id(initialised: Set
                 assert "USING INTEGER PRIMARY KEY" in line, (what, plan)
             else:
                 assert "_pkey" in line, (what, plan)
+
+
+def test_choosing_once_selects_what_the_condition_selects(initialised: Settings) -> None:
+    engine, _ = six_weeks_stored(initialised)
+    partners = load_partners(REPO / "partners.yaml").partners.values()
+    found = 0
+    with engine.connect() as connection:
+        ids = sorted(connection.execute(sa.select(messages.c.id)).scalars())
+        after, upto = ids[len(ids) // 4], ids[3 * len(ids) // 4]
+        for partner in partners:
+            for feed in ("originating", "returning"):
+                condition = message_condition(partner, feed, after, upto)
+                direct = (
+                    sources(connection, condition),
+                    spam_urls(connection, condition, after, upto),
+                    samples(connection, condition, 10),
+                )
+                with chosen_once(connection, condition, after, upto) as chosen:
+                    once = (
+                        sources(connection, chosen),
+                        spam_urls(connection, chosen, after, upto),
+                        samples(connection, chosen, 10),
+                    )
+                assert once == direct, (partner.id, feed)
+                found += sum(map(len, direct))
+    assert found > 0
 
 
 def six_weeks_stored(settings: Settings) -> tuple[sa.Engine, Dataset]:
