@@ -205,14 +205,25 @@ def spam_urls_query(condition: sa.ColumnElement[bool], after: int, upto: int) ->
     # window and its message to test the condition cost several times more for a partner
     # whose messages are few.
     chosen = sa.select(m.id, m.ts).where(condition).cte("chosen").prefix_with("MATERIALIZED")
-    return (
+    # Links counted per URL id before the URLs are read: sorting every link with its URL's
+    # text and digest cost more (a seed-week window of 500,000 messages: 2.3 -> 1.6 s for
+    # the twelve collections).
+    per_url = (
         sa.select(
-            u.url, u.sha256, sa.func.min(chosen.c.ts), sa.func.max(chosen.c.ts), sa.func.count()
+            mu.url_id,
+            sa.func.min(chosen.c.ts).label("first_seen"),
+            sa.func.max(chosen.c.ts).label("last_seen"),
+            sa.func.count().label("messages"),
         )
-        .select_from(with_url_links(after, upto, chosen).join(urls, u.id == mu.url_id))
-        # Grouped in the order wanted, so that one sort serves both (a digest names one URL).
-        .group_by(u.sha256, u.id, u.url)
-        .order_by(u.sha256, u.id, u.url)
+        .select_from(with_url_links(after, upto, chosen))
+        .group_by(mu.url_id)
+        .subquery()
+    )
+    p = per_url.c
+    return (
+        sa.select(u.url, u.sha256, p.first_seen, p.last_seen, p.messages)
+        .join_from(per_url, urls, u.id == p.url_id)
+        .order_by(u.sha256, u.id)
     )
 
 
