@@ -15,7 +15,8 @@ what the last commit left, before the write transaction, reading in short transa
 (:func:`build_slice`); the transaction first checks that the collection's watermark and
 state are still what the building saw, so that its lock is held only for the writing
 (:func:`write_group`). Collections are published side by side in ``publish_workers``
-processes: while one writes (SQLite takes one writer at a time), another builds.
+processes, the largest backlogs first (:func:`largest_first`): while one writes (SQLite takes
+one writer at a time), another builds.
 """
 
 from __future__ import annotations
