@@ -107,7 +107,8 @@ def test_a_long_write_ahead_log_starts_over_even_while_it_is_being_read(
 ) -> None:
     """What keeps the log from growing without end while publishing processes take turns
     reading and writing: past its limit it is copied into the database, and the next write
-    starts it over from its beginning."""
+    starts it over from its beginning; while another connection reads, only once it is
+    several times too long (waiting idles the publishing process)."""
     engine = connect(database_url)
     log = tmp_path / "store.db-wal"
     with engine.begin() as connection:
@@ -122,14 +123,28 @@ def test_a_long_write_ahead_log_starts_over_even_while_it_is_being_read(
     reader = connect(database_url)
     with reader.connect() as reading:
         assert reading.exec_driver_sql("SELECT count(*) FROM filler").scalar_one() == 2
-        # The reader's transaction ends while the writer waits for it to.
-        threading.Timer(0.5, reading.rollback).start()
+        read_ended = threading.Event()
+
+        def end_read() -> None:
+            reading.rollback()
+            read_ended.set()
+
+        threading.Timer(3, end_read).start()
+        # A little too long, and read meanwhile: left for the next call, without waiting.
         restart_long_log(engine, longer - 1)
+        assert not read_ended.is_set()
+        with engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO filler VALUES (zeroblob(200000))")
+        longest = log.stat().st_size
+        assert longest > longer  # appended
+        # Several times too long: it waits for the reader's transaction to end.
+        restart_long_log(engine, longer // 4)
+        assert read_ended.is_set()
     with engine.begin() as connection:
         connection.exec_driver_sql("INSERT INTO filler VALUES (zeroblob(200000))")
-    assert log.stat().st_size == longer  # written again from its beginning
+    assert log.stat().st_size == longest  # written again from its beginning
     with engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT count(*) FROM filler").scalar_one() == 3
+        assert connection.exec_driver_sql("SELECT count(*) FROM filler").scalar_one() == 4
     reader.dispose()
     engine.dispose()
 
