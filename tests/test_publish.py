@@ -511,10 +511,11 @@ def test_the_largest_backlogs_are_published_first(feed: Feed) -> None:
     assert set(ranked[-2:]) == {"twcert-originating", "twcert-returning"}  # nothing left
 
     publish(feed.settings, now=NOW)
+    aliases = {c.id: c.alias for _, c in work}
     with engine_for(feed.settings.database_url).connect() as connection:
         published = Counter(
             {
-                config.collection(collection_id).alias: objects  # type: ignore[union-attr]
+                aliases[collection_id]: objects
                 for collection_id, objects in connection.execute(
                     sa.select(feed_batches.c.collection_id, sa.func.sum(feed_batches.c.objects))
                     .where(feed_batches.c.partner_id != "twcert")
