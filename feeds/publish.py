@@ -547,9 +547,10 @@ def publish(
     with fewer_collections():
         if workers > 1:
             with engine.connect() as connection:
-                order = largest_first(connection, work)
-            ordered = _publish_in_processes(context, [work[i] for i in order], shared, workers)
-            results = [ordered[order.index(i)] for i in range(len(work))]
+                ranked = largest_first(connection, work)
+            summaries = _publish_in_processes(context, ranked, shared, workers)
+            by_collection = {c.id: s for (_, c), s in zip(ranked, summaries, strict=True)}
+            results = [by_collection[collection.id] for _, collection in work]
         else:
             results = [
                 publish_collection(engine, context, partner, collection, shared[partner.id])
@@ -563,19 +564,26 @@ def publish(
     return report
 
 
-def largest_first(connection: Connection, work: Sequence[tuple[Partner, Collection]]) -> list[int]:
-    """The order in which to hand ``work`` to the publishing processes: the largest backlog
-    first, so that a run does not end with one process publishing a large collection while
+def largest_first(
+    connection: Connection, work: Sequence[tuple[Partner, Collection]]
+) -> list[tuple[Partner, Collection]]:
+    """``work`` in the order in which to hand it to the publishing processes: the largest
+    backlog first, so that a run does not end with one process publishing a large collection while
     the others idle. A backlog is estimated as the messages a collection has not published
     times its share of the newest messages (a scan of those alone, not a selection)."""
     newest = last_message_id(connection)
     since = max(newest - _SAMPLE_MESSAGES, 0)
-    backlogs = []
-    for partner, collection in work:
+
+    def backlog(item: tuple[Partner, Collection]) -> int:
+        partner, collection = item
         pending = newest - _read_watermark(connection, collection.id, lock=False).last_message_id
-        chosen = message_condition(partner, collection.feed, since, newest)
-        backlogs.append(pending * count_messages(connection, chosen) if pending > 0 else 0)
-    return sorted(range(len(work)), key=lambda index: -backlogs[index])
+        if pending <= 0:
+            return 0
+        return pending * count_messages(
+            connection, message_condition(partner, collection.feed, since, newest)
+        )
+
+    return sorted(work, key=backlog, reverse=True)
 
 
 def _publish_in_processes(

@@ -506,7 +506,7 @@ def test_the_largest_backlogs_are_published_first(feed: Feed) -> None:
     config = load_partners(feed.settings.partners)
     work = [(p, c) for p in config.partners.values() for c in p.collections]
     with engine_for(feed.settings.database_url).connect() as connection:
-        ranked = [work[index][1].alias for index in largest_first(connection, work)]
+        ranked = [collection.alias for _, collection in largest_first(connection, work)]
     assert sorted(ranked) == sorted(c.alias for _, c in work)
     assert set(ranked[-2:]) == {"twcert-originating", "twcert-returning"}  # nothing left
 
