@@ -57,22 +57,25 @@ def store_unavailable(
     )
 
 
+# How long a connection waits for another's lock (the sqlite3 module's timeout).
+_BUSY_TIMEOUT_MS = 60_000
+# restart_long_log waits for other connections only once the log is this many times too long.
+_IMPATIENT_UP_TO = 4
+
+
 def connect(url: str, **engine_options: Any) -> Engine:
     """An engine for the store at ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
     if url.startswith("sqlite"):
         database = sa.engine.make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60}, **engine_options)
+        engine = sa.create_engine(
+            url, connect_args={"timeout": _BUSY_TIMEOUT_MS / 1000}, **engine_options
+        )
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     return sa.create_engine(url, pool_pre_ping=True, **engine_options)
-
-
-_BUSY_TIMEOUT_MS = 60_000
-# restart_long_log waits for other connections only once the log is this many times too long.
-_IMPATIENT_UP_TO = 4
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -82,7 +85,6 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     # Checkpoint every ~80 MB of log instead of SQLite's 4 MB, which a chunk of ingest fills:
     # one checkpoint (and its two fsyncs) per ten chunks instead of one per chunk, and a page
     # that several chunks touch is copied into the database once. Ingest into a store of a
@@ -128,12 +130,10 @@ def restart_long_log(engine: Engine, most_bytes: int) -> None:
     is several times too long: only then does it wait (up to the busy timeout) for them to
     finish. Waiting idled a publishing process while the other wrote a whole commit group;
     not waiting, a seed-week's log peaked at ~4 GB and the run took 2% less time
-    (bench/README.md). The file keeps its length (writing over pages
-    already in the system's cache is cheaper than growing a truncated file again), at most
-    ``most_bytes`` once a connection with that ``journal_size_limit`` starts it over; so from
-    then on every call copies the log and starts it over, which keeps it short. (Doing so
-    only once the log itself filled the file, with the copying left to the publishers' parent,
-    measured no faster: bench/README.md.)
+    (bench/README.md). The file keeps its length (writing over pages already in the
+    system's cache is cheaper than growing a truncated file again), at most ``most_bytes``
+    once a connection with that ``journal_size_limit`` starts it over. (Copying the log from
+    the publishers' parent instead measured no faster: bench/README.md.)
 
     Processes that take turns reading and writing (the publishing processes) can keep some
     reader on the log at every moment; the passive checkpoints SQLite makes on its own then
@@ -151,13 +151,11 @@ def restart_long_log(engine: Engine, most_bytes: int) -> None:
             # transaction, whose snapshot would itself hold the log.
             cursor = connection.connection.cursor()
             patient = size > _IMPATIENT_UP_TO * most_bytes
-            if not patient:
-                cursor.execute("PRAGMA busy_timeout=0")
+            cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS if patient else 0}")
             try:
                 cursor.execute("PRAGMA wal_checkpoint(RESTART)")
             finally:
-                if not patient:
-                    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+                cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
                 cursor.close()
 
 
