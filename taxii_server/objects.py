@@ -289,11 +289,7 @@ def load_versions(
     read it: the objects it knows are not read again, the others are added to it, and it is
     returned."""
     if known is None:
-        state = connection.execute(
-            sa.select(collection_state.c.last_added_us, collection_state.c.object_count).where(
-                collection_state.c.collection_id == collection_id
-            )
-        ).first()
+        state = connection.execute(_state_query(collection_id)).first()
         last, count = (int(state[0]), int(state[1])) if state else (0, 0)
         known = CollectionVersions(collection_id, last, count, {})
     found: dict[str, _ObjectVersions] = {}
@@ -488,15 +484,16 @@ def store_addition(connection: Connection, addition: Addition) -> None:
     )
 
 
+def _state_query(collection_id: str) -> sa.Select[int, int]:
+    """The collection's last date_added and object count."""
+    t = collection_state.c
+    return sa.select(t.last_added_us, t.object_count).where(t.collection_id == collection_id)
+
+
 def lock_collection(connection: Connection, collection_id: str) -> tuple[int, int]:
     """The collection's last date_added and object count (what :attr:`Addition.expected`
     is compared with), its state row locked until the transaction ends."""
-    t = collection_state.c
-    select = (
-        sa.select(t.last_added_us, t.object_count)
-        .where(t.collection_id == collection_id)
-        .with_for_update()
-    )
+    select = _state_query(collection_id).with_for_update()
     state = connection.execute(select).first()
     if state is None:
         insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
